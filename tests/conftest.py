@@ -1,0 +1,32 @@
+"""Shared test fixtures: paths into ../shared, skipped with a clear reason when it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("QDQTORCH_SHARED", REPO_ROOT.parent / "shared")).resolve()
+COCO128 = SHARED / "data" / "coco128"
+YOLOV5N = SHARED / "models" / "yolov5n.pt"
+YOLOV5_REPO_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "yolov5_repo"
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path}: these tests need the read-only ../shared folder beside the checkout "
+                    f"(or QDQTORCH_SHARED pointing at it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def coco128_dir() -> Path:
+    """The real COCO 2017 subset in ../shared/data/coco128."""
+    return _require(COCO128, "coco128 data")
+
+
+@pytest.fixture(scope="session")
+def yolov5n_path() -> Path:
+    """The official YOLOv5n checkpoint in ../shared/models."""
+    return _require(YOLOV5N, "yolov5n.pt checkpoint")
