@@ -1,0 +1,32 @@
+"""check_qdq: static checks of a Q/DQ ONNX graph against what TensorRT needs for a fast, correct INT8 engine."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import onnx
+
+from ._graph import GraphIndex, load_model
+from ._rules_coverage import check_coverage, stats_qdq
+from ._rules_params import check_params
+from ._rules_precision import check_precision
+from ._rules_scales import check_scales
+from .report import QdqReport
+
+
+def check_qdq(path_or_model: str | Path | onnx.ModelProto, *, fp16: bool = False,
+              allow_float: Sequence[str] = ()) -> QdqReport:
+    """Check an ONNX model's Q/DQ placement and parameters; `allow_float` lists node-name globs that may stay
+    unquantized (reported as warnings instead of errors)."""
+    model, source = load_model(path_or_model)
+    g = GraphIndex(model)
+    report = QdqReport(source=source)
+    report.stats["nodes"] = len(g.nodes)
+    report.stats["opset"] = g.opset
+    stats_qdq(g, report)
+    check_coverage(g, report, allow_float)
+    check_params(g, report)
+    check_scales(g, report)
+    if fp16:
+        check_precision(g, report)
+    return report
