@@ -1,0 +1,198 @@
+"""HistogramCalibrator: a histogram of |x| and the amax searches TensorRT users know (entropy, mse, percentile).
+
+The histogram keeps a fixed bin width chosen from the first non-zero batch and grows by appending bins when a larger
+value arrives, so no count is ever lost or re-binned approximately. If it grows past `max_bins`, adjacent bins are
+merged by an integer factor (again exact). Counts are int64 on the data's device. All amax searches are vectorised
+over candidate thresholds (chunked to bound memory): no Python loop over bins or candidates.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..tensor_quant import quant_bounds
+
+HISTOGRAM_METHODS = ("max", "entropy", "mse", "percentile")
+_CHUNK = 256  # candidate thresholds evaluated at once
+
+
+class HistogramCalibrator:
+    """Collects a histogram of |x| (per tensor) and turns it into an amax with `compute_amax(method, ...)`."""
+
+    def __init__(self, num_bits: int = 8, axis: Optional[int] = None, unsigned: bool = False,
+                 num_bins: int = 2048, max_bins: Optional[int] = None) -> None:
+        if axis is not None:
+            raise ValueError("HistogramCalibrator is per-tensor only (axis=None); use MaxCalibrator per channel")
+        if num_bins < 2:
+            raise ValueError(f"HistogramCalibrator: num_bins must be >= 2, got {num_bins}")
+        self.num_bits = num_bits
+        self.axis = None
+        self.unsigned = unsigned
+        self.num_bins = num_bins
+        self.max_bins = max_bins or 4 * num_bins
+        self.counts: Optional[torch.Tensor] = None
+        self.bin_width: Optional[float] = None
+        self.max_value = 0.0
+        self._pending_zeros = 0  # elements seen while every value so far was exactly 0
+        self.num_collected = 0
+
+    # ---- collection -------------------------------------------------------------------------------------------
+    def collect(self, x: torch.Tensor) -> None:
+        """Add |x| to the histogram, growing its range if needed."""
+        x = x.detach().abs().float().reshape(-1)
+        if x.numel() == 0:
+            return
+        self.num_collected += 1
+        xmax = float(x.max())
+        if self.counts is None:
+            if xmax == 0.0:
+                self._pending_zeros += x.numel()
+                return
+            self.bin_width = xmax / self.num_bins
+            self.counts = torch.zeros(self.num_bins, dtype=torch.int64, device=x.device)
+            self.counts[0] += self._pending_zeros
+            self._pending_zeros = 0
+        self.max_value = max(self.max_value, xmax)
+        self._grow_to(xmax)
+        idx = torch.div(x, self.bin_width, rounding_mode="floor").long().clamp_(max=self.counts.numel() - 1)
+        self.counts += torch.bincount(idx, minlength=self.counts.numel()).to(self.counts.device)
+
+    def _grow_to(self, xmax: float) -> None:
+        """Append bins of the same width until xmax is covered, merging bins if that exceeds max_bins."""
+        needed = math.ceil(xmax / self.bin_width)
+        if needed <= self.counts.numel():
+            return
+        if needed > self.max_bins:
+            factor = math.ceil(needed / self.max_bins)
+            padded = torch.nn.functional.pad(self.counts, (0, (-self.counts.numel()) % factor))
+            self.counts = padded.reshape(-1, factor).sum(dim=1)
+            self.bin_width *= factor
+            needed = math.ceil(xmax / self.bin_width)
+        if needed > self.counts.numel():
+            self.counts = torch.nn.functional.pad(self.counts, (0, needed - self.counts.numel()))
+
+    def merge_(self, other: "HistogramCalibrator") -> None:
+        """Fold another histogram into this one (tied quantizers, distributed ranks).
+
+        Exact when both share a bin width (the other's bins are re-binned by their centres otherwise).
+        """
+        if other.counts is None:
+            self._pending_zeros += other._pending_zeros
+            self.num_collected += other.num_collected
+            return
+        if self.counts is None:
+            self.counts, self.bin_width = other.counts.clone(), other.bin_width
+            self.counts[0] += self._pending_zeros
+            self._pending_zeros = 0
+        else:
+            self._grow_to(other.counts.numel() * other.bin_width)
+            centres = (torch.arange(other.counts.numel(), device=other.counts.device, dtype=torch.float64) + 0.5)
+            idx = torch.div(centres * other.bin_width, self.bin_width, rounding_mode="floor").long()
+            idx = idx.clamp_(max=self.counts.numel() - 1).to(self.counts.device)
+            self.counts.index_add_(0, idx, other.counts.to(self.counts.device))
+            self.counts[0] += other._pending_zeros
+        self.max_value = max(self.max_value, other.max_value)
+        self.num_collected += other.num_collected
+
+    def reset(self) -> None:
+        """Forget everything collected."""
+        self.counts, self.bin_width, self.max_value = None, None, 0.0
+        self._pending_zeros = 0
+        self.num_collected = 0
+
+    # ---- amax -------------------------------------------------------------------------------------------------
+    def compute_amax(self, method: str = "percentile", *, percentile: float = 99.99, start_bin: int = 128,
+                     stride: int = 1) -> Optional[torch.Tensor]:
+        """amax from the histogram by `method` in {max, entropy, mse, percentile}; None if nothing was collected."""
+        if method not in HISTOGRAM_METHODS:
+            raise ValueError(f"HistogramCalibrator: unknown method {method!r}; choose one of {HISTOGRAM_METHODS}")
+        if self.num_collected == 0:
+            return None
+        if self.counts is None:  # only zeros seen
+            return torch.zeros(())
+        if method == "max":
+            value = self.max_value
+        elif method == "percentile":
+            value = histogram_percentile(self.counts, self.bin_width, percentile)
+        else:
+            search = entropy_search if method == "entropy" else mse_search
+            nbins = search(self.counts, self.num_bits, self.unsigned, start_bin=start_bin, stride=stride)
+            value = nbins * self.bin_width
+        return torch.tensor(min(float(value), self.max_value) if method == "percentile" else float(value))
+
+    def __repr__(self) -> str:
+        n = 0 if self.counts is None else self.counts.numel()
+        return f"HistogramCalibrator(bins={n}, max={self.max_value:.4g}, collected={self.num_collected})"
+
+
+def _candidates(num_bins: int, start_bin: int, stride: int, device: torch.device) -> torch.Tensor:
+    """Candidate bin counts i (threshold = right edge of bin i-1): start_bin..num_bins by stride."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    start = max(1, min(start_bin, num_bins))
+    return torch.arange(start, num_bins + 1, stride, device=device)
+
+
+def histogram_percentile(counts: torch.Tensor, bin_width: float, percentile: float) -> float:
+    """Right edge of the first bin at which the cumulative share of |x| reaches `percentile` percent."""
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    cdf = torch.cumsum(counts.double(), 0)
+    target = cdf[-1] * (percentile / 100.0)
+    idx = int(torch.searchsorted(cdf, target.reshape(1)).clamp(max=counts.numel() - 1))
+    return (idx + 1) * bin_width
+
+
+def entropy_search(counts: torch.Tensor, num_bits: int = 8, unsigned: bool = False, *, start_bin: int = 128,
+                   stride: int = 1) -> int:
+    """TensorRT's KL-divergence calibration: the number of bins i whose clipped distribution P (outliers folded
+    into bin i-1) is best approximated by its quantized version Q (bins [0, i) merged into 2**(bits-1) levels,
+    each level's mass spread evenly over its non-empty bins). Ties go to the largest i."""
+    counts = counts.double()
+    n = counts.numel()
+    nq = 1 << (num_bits - 1 + int(unsigned))
+    k = torch.arange(n, device=counts.device)
+    nonzero = counts > 0
+    tail = counts.flip(0).cumsum(0).flip(0)  # tail[j] = sum(counts[j:])
+    tail = torch.cat([tail, counts.new_zeros(1)])
+    best_div, best_i = [], []
+    for chunk in _candidates(n, start_bin, stride, counts.device).split(_CHUNK):
+        inside = k[None, :] < chunk[:, None]
+        group = torch.where(inside, (k[None, :] * nq) // chunk[:, None], torch.full_like(inside, nq, dtype=torch.long))
+        mass = torch.zeros(chunk.numel(), nq + 1, dtype=torch.float64, device=counts.device)
+        mass.scatter_add_(1, group, (counts[None, :] * inside))
+        used = torch.zeros_like(mass).scatter_add_(1, group, (nonzero[None, :] & inside).double())
+        level = mass / used.clamp_min(1)
+        q = torch.gather(level, 1, group) * (nonzero[None, :] & inside)
+        p = counts[None, :] * inside
+        p.scatter_add_(1, (chunk - 1)[:, None], tail[chunk][:, None])
+        p = p / p.sum(1, keepdim=True)
+        q = q / q.sum(1, keepdim=True)
+        ratio = torch.where(p > 0, p / q, torch.ones_like(p))
+        div = torch.where(p > 0, p * torch.log(ratio), torch.zeros_like(p)).sum(1)
+        best_div.append(div)
+        best_i.append(chunk)
+    div = torch.cat(best_div)
+    cand = torch.cat(best_i)
+    last_min = div.numel() - 1 - int(torch.argmin(div.flip(0)))
+    return int(cand[last_min])
+
+
+def mse_search(counts: torch.Tensor, num_bits: int = 8, unsigned: bool = False, *, start_bin: int = 128,
+               stride: int = 1) -> int:
+    """The number of bins i whose right edge, used as amax, minimises the quantization MSE of the histogram
+    (each bin represented by its centre)."""
+    counts = counts.double()
+    n = counts.numel()
+    _, max_bound = quant_bounds(num_bits, unsigned)
+    centres = torch.arange(n, device=counts.device, dtype=torch.float64) + 0.5  # in units of bin width
+    errors, cands = [], []
+    for chunk in _candidates(n, start_bin, stride, counts.device).split(_CHUNK):
+        scale = chunk.double()[:, None] / max_bound
+        quant = torch.clamp(torch.round(centres[None, :] / scale), 0, max_bound) * scale
+        errors.append(((quant - centres[None, :]) ** 2 * counts[None, :]).sum(1))
+        cands.append(chunk)
+    err = torch.cat(errors)
+    return int(torch.cat(cands)[int(torch.argmin(err))])

@@ -1,0 +1,230 @@
+"""TensorQuantizer: the module that calibrates and fake-quantizes one tensor."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from ..calib import HistogramCalibrator, MaxCalibrator
+from ..descriptor import HISTOGRAM_CALIB_METHODS, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
+from ..tensor_quant import amax_to_scale, fake_tensor_quant, learnable_fake_tensor_quant, tensor_quant
+
+Calibrator = Union[MaxCalibrator, HistogramCalibrator]
+
+
+class CalibrationError(RuntimeError):
+    """A quantizer could not be calibrated or used (no data, NaN/Inf, no amax); the message names it."""
+
+
+def make_calibrator(desc: QuantDescriptor) -> Calibrator:
+    """The calibrator a descriptor asks for."""
+    if desc.calib_method in HISTOGRAM_CALIB_METHODS:
+        return HistogramCalibrator(desc.num_bits, desc.axis, desc.unsigned)
+    return MaxCalibrator(desc.num_bits, desc.axis, desc.unsigned)
+
+
+class TensorQuantizer(nn.Module):
+    """Owns one tensor's amax (buffer `_amax`; empty until calibrated), its calibrator and its mode.
+
+    Modes: disabled (identity), calibrating (collects statistics), quantizing (fake quant with amax). The default
+    is quantizing; `collect_stats` switches to calibrating and back.
+    """
+
+    def __init__(self, desc: Union[QuantDescriptor, Mapping[str, Any]] = QUANT_DESC_8BIT_PER_TENSOR,
+                 name: str = "", disabled: bool = False) -> None:
+        super().__init__()
+        self.desc = QuantDescriptor.from_dict(desc)
+        self.name = name
+        self._disabled = disabled
+        self._if_quant = True
+        self._if_calib = False
+        self._calibrator: Optional[Calibrator] = make_calibrator(self.desc)
+        self.register_buffer("_amax", torch.empty(0))
+        self._export_warned = False
+        if self.desc.amax is not None:
+            self.amax = self.desc.amax
+
+    # ---- descriptor views ---------------------------------------------------------------------------------------
+    num_bits = property(lambda self: self.desc.num_bits, doc="Bit width.")
+    axis = property(lambda self: self.desc.axis, doc="Per-channel axis, None for per-tensor.")
+    unsigned = property(lambda self: self.desc.unsigned, doc="Unsigned range [0, 2**bits - 1].")
+    narrow_range = property(lambda self: self.desc.narrow_range, doc="Signed range excludes -2**(bits-1).")
+    learn_amax = property(lambda self: self.desc.learn_amax, doc="amax is an nn.Parameter trained with the model.")
+    fake_quant = property(lambda self: self.desc.fake_quant, doc="Output dequantized values (else integer codes).")
+
+    @property
+    def label(self) -> str:
+        """Name used in messages."""
+        return self.name or "<unnamed TensorQuantizer>"
+
+    # ---- amax ---------------------------------------------------------------------------------------------------
+    @property
+    def amax(self) -> Optional[torch.Tensor]:
+        """Calibrated amax (scalar, or 1-D per channel), None before calibration."""
+        return None if self._amax.numel() == 0 else self._amax
+
+    @amax.setter
+    def amax(self, value: Any) -> None:
+        self._set_amax(value)
+
+    def _set_amax(self, value: Any) -> None:
+        device = self._amax.device
+        t = torch.as_tensor(value, dtype=torch.float32).detach().clone().to(device)
+        if t.numel() > 0:
+            if not torch.isfinite(t).all() or (t < 0).any():
+                raise CalibrationError(f"{self.label}: amax must be finite and >= 0, got {t.flatten()[:8].tolist()}")
+            if self.axis is None:
+                if t.numel() != 1:
+                    raise CalibrationError(f"{self.label}: per-tensor quantizer got an amax with {t.numel()} values")
+                t = t.reshape(())
+            else:
+                t = t.reshape(-1)
+        self._buffers.pop("_amax", None)
+        self._parameters.pop("_amax", None)
+        if self.learn_amax and t.numel() > 0:
+            self.register_parameter("_amax", nn.Parameter(t))
+        else:
+            self.register_buffer("_amax", t)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "_amax"
+        if key in state_dict:  # amax is created lazily: adopt the saved shape, keep this module's device
+            self._set_amax(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def load_calib_amax(self, method: Optional[str] = None, strict: bool = True, **kwargs: Any) -> None:
+        """Set amax from the calibrator's statistics.
+
+        `method` applies to histogram calibrators ("max", "entropy", "mse", "percentile"); a descriptor naming a
+        specific histogram method wins over it; max calibrators always give the running max.
+        """
+        calib = self._calibrator
+        if calib is None:
+            raise CalibrationError(f"{self.label}: has no calibrator")
+        if isinstance(calib, HistogramCalibrator):
+            fixed = self.desc.calib_method if self.desc.calib_method != "histogram" else None
+            amax = calib.compute_amax(fixed or method or "percentile", **kwargs)
+        else:
+            amax = calib.compute_amax()
+        if amax is None:
+            if strict:
+                raise CalibrationError(f"{self.label}: its calibrator saw no data: the forward pass never reached "
+                                       "this quantizer while collecting statistics. Check that the calibration "
+                                       "batches exercise this layer, or ignore/disable it.")
+            return
+        dead = int((amax == 0).sum())
+        if dead:
+            where = "" if amax.dim() == 0 else f" on {dead} of {amax.numel()} channels"
+            warnings.warn(f"{self.label}: amax is 0{where} (the calibration data never made it non-zero); those "
+                          f"values quantize to 0 with a tiny positive scale", stacklevel=2)
+        self.amax = amax
+
+    # ---- modes ----------------------------------------------------------------------------------------------------
+    def enable(self) -> None:
+        """Turn the quantizer on (quantize and/or calibrate per its flags)."""
+        self._disabled = False
+
+    def disable(self) -> None:
+        """Make the quantizer an identity."""
+        self._disabled = True
+
+    def enable_quant(self) -> None:
+        """Fake-quantize in forward."""
+        self._if_quant = True
+
+    def disable_quant(self) -> None:
+        """Do not fake-quantize in forward."""
+        self._if_quant = False
+
+    def enable_calib(self) -> None:
+        """Feed every forward input to the calibrator."""
+        if self._calibrator is None:
+            raise CalibrationError(f"{self.label}: has no calibrator to enable")
+        self._if_calib = True
+
+    def disable_calib(self) -> None:
+        """Stop feeding the calibrator."""
+        self._if_calib = False
+
+    @property
+    def is_enabled(self) -> bool:
+        """False when disabled (identity)."""
+        return not self._disabled
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._disabled:
+            return x
+        if self._if_calib:
+            self._collect(x)
+        if not self._if_quant:
+            return x
+        amax = self.amax
+        if amax is None:
+            raise CalibrationError(f"{self.label}: quantizing with no amax. Calibrate the model first "
+                                   "(qdqtorch.calibrate / collect_stats + compute_amax), load a calibration, "
+                                   "or disable this quantizer.")
+        if self.axis is not None and amax.numel() != x.shape[self.axis]:
+            raise CalibrationError(f"{self.label}: amax has {amax.numel()} channels but the tensor has "
+                                   f"{x.shape[self.axis]} along axis {self.axis} (shape {tuple(x.shape)})")
+        if not self.fake_quant:
+            return tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis)[0]
+        if torch.onnx.is_in_onnx_export():
+            return self._export_forward(x, amax)
+        if isinstance(amax, nn.Parameter) and torch.is_grad_enabled():
+            return learnable_fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis)
+        return fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis)
+
+    def _collect(self, x: torch.Tensor) -> None:
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise CalibrationError(f"{self.label}: calibration input holds {bad} NaN/Inf values; check the "
+                                   "calibration data and preprocessing (or the layers before this one)")
+        self._calibrator.collect(x)
+
+    def _export_forward(self, x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+        """Emit ONNX QuantizeLinear/DequantizeLinear (8-bit) with constant scales and zero point 0.
+
+        ONNX int8 Q/DQ clamps to [-128, 127]; TensorRT uses scale = amax/127 the same way, so the narrow range only
+        differs for inputs below -amax. Other bit widths have no opset-13 Q/DQ and export as float arithmetic.
+        """
+        if self.num_bits != 8:
+            if not self._export_warned:
+                warnings.warn(f"{self.label}: {self.num_bits}-bit quantizers export as float ops, not Q/DQ",
+                              stacklevel=2)
+                self._export_warned = True
+            return learnable_fake_tensor_quant(x, amax.detach(), self.num_bits, self.unsigned, self.narrow_range,
+                                               self.axis)
+        lo, hi = (0, 255) if self.unsigned else (-128, 127)
+        scale_values = amax_to_scale(amax, 255 if self.unsigned else 127).tolist()
+        scale = torch.tensor(scale_values, dtype=torch.float32, device=x.device)
+        if self.axis is None:
+            zero = torch.tensor(0, dtype=torch.int32, device=x.device)
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero, lo, hi)
+        zero = torch.zeros(scale.numel(), dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero, self.axis % x.dim(), lo, hi)
+
+    def extra_repr(self) -> str:
+        if self._disabled:
+            return f"disabled {self.num_bits}bit"
+        parts = [f"{self.num_bits}bit", "unsigned" if self.unsigned else ("narrow" if self.narrow_range else "full"),
+                 "per-tensor" if self.axis is None else f"axis={self.axis}"]
+        amax = self.amax
+        if amax is None:
+            parts.append("amax=None")
+        elif amax.dim() == 0:
+            parts.append(f"amax={float(amax):.4g}")
+        else:
+            parts.append(f"amax=[{float(amax.min()):.4g}, {float(amax.max()):.4g}]({amax.numel()})")
+        if self.learn_amax:
+            parts.append("learn_amax")
+        if self._calibrator is not None:
+            parts.append("calib=" + ("histogram" if isinstance(self._calibrator, HistogramCalibrator) else "max"))
+        parts.append("quant" if self._if_quant else "no-quant")
+        if self._if_calib:
+            parts.append("calibrating")
+        return " ".join(parts)

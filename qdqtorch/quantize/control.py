@@ -1,0 +1,61 @@
+"""Finding quantizers in a model and switching them on and off (also as context managers)."""
+from __future__ import annotations
+
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from torch import nn
+
+from ..nn import TensorQuantizer
+
+
+def named_quantizers(model: nn.Module) -> Iterator[Tuple[str, TensorQuantizer]]:
+    """(dotted name, quantizer) for every TensorQuantizer in the model, each once."""
+    for name, module in model.named_modules():
+        if isinstance(module, TensorQuantizer):
+            yield name, module
+
+
+def weight_quantizer_ids(model: nn.Module) -> set:
+    """ids of the quantizers that quantize a parameter (`_weight_quantizer`) rather than an activation."""
+    return {id(m._weight_quantizer) for m in model.modules() if isinstance(getattr(m, "_weight_quantizer", None),
+                                                                           TensorQuantizer)}
+
+
+class _Toggle:
+    """Sets `_disabled` on selected quantizers now; restores the previous states on `restore()` or context exit."""
+
+    def __init__(self, module: nn.Module, disabled: bool, select: Optional[Callable[[str], bool]] = None) -> None:
+        self._saved: List[Tuple[TensorQuantizer, bool]] = []
+        for name, quantizer in named_quantizers(module):
+            if select is None or select(name):
+                self._saved.append((quantizer, quantizer._disabled))
+                quantizer._disabled = disabled
+
+    def restore(self) -> None:
+        """Put every touched quantizer back as it was."""
+        for quantizer, state in reversed(self._saved):
+            quantizer._disabled = state
+        self._saved = []
+
+    def __enter__(self) -> "_Toggle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+class disable_quantization(_Toggle):
+    """Disable every quantizer under `module` (optionally only those whose name `select` accepts).
+
+    Call it to disable for good, or use `with disable_quantization(model.layer):` to disable temporarily.
+    """
+
+    def __init__(self, module: nn.Module, select: Optional[Callable[[str], bool]] = None) -> None:
+        super().__init__(module, True, select)
+
+
+class enable_quantization(_Toggle):
+    """Enable every quantizer under `module`; as a context manager, restores the previous states on exit."""
+
+    def __init__(self, module: nn.Module, select: Optional[Callable[[str], bool]] = None) -> None:
+        super().__init__(module, False, select)

@@ -1,0 +1,90 @@
+"""Symmetric linear (fake) quantization of tensors: the arithmetic every TensorQuantizer runs.
+
+Scale convention (TensorRT's): ``scale = amax / max_bound`` with ``max_bound = 2**(bits-1) - 1`` (signed) or
+``2**bits - 1`` (unsigned); codes are ``clamp(round_half_even(x / scale), min_bound, max_bound)`` and the fake-quant
+value is ``code * scale``. Gradients are straight-through inside ``[-amax, amax]`` and zero outside (clipped STE).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+AMAX_FLOOR = 1e-7
+"""Smallest amax turned into a scale: dead channels (amax 0) get a tiny positive scale instead of 0, NaN or Inf."""
+
+
+def quant_bounds(num_bits: int, unsigned: bool = False, narrow_range: bool = True) -> Tuple[int, int]:
+    """Integer code range (min_bound, max_bound) for a bit width and sign."""
+    if unsigned:
+        return 0, (1 << num_bits) - 1
+    max_bound = (1 << (num_bits - 1)) - 1
+    return (-max_bound if narrow_range else -max_bound - 1), max_bound
+
+
+def amax_to_scale(amax: torch.Tensor, max_bound: int) -> torch.Tensor:
+    """Per-tensor or per-channel float32 scale from amax, floored so that it is always positive and finite."""
+    return amax.detach().float().clamp_min(AMAX_FLOOR) / max_bound
+
+
+def _channel_view(t: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    """Reshape a 1-D per-channel tensor so it broadcasts along `axis` of an `ndim`-dimensional tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def normalize_axis(axis: Optional[int], ndim: int, size_of: Optional[torch.Size] = None) -> Optional[int]:
+    """Turn a possibly negative axis into a non-negative one, with a clear error if it is out of range."""
+    if axis is None:
+        return None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"quantization axis {axis} is out of range for a {ndim}-D tensor"
+                         + (f" of shape {tuple(size_of)}" if size_of is not None else ""))
+    return axis % ndim
+
+
+def fake_tensor_quant(x: torch.Tensor, amax: torch.Tensor, num_bits: int = 8, unsigned: bool = False,
+                      narrow_range: bool = True, axis: Optional[int] = None) -> torch.Tensor:
+    """Fake-quantize `x` with a fixed amax (scalar, or 1-D along `axis`); clipped straight-through gradient.
+
+    Uses torch's fused fake_quantize kernels, which ONNX export turns into QuantizeLinear/DequantizeLinear.
+    """
+    lo, hi = quant_bounds(num_bits, unsigned, narrow_range)
+    scale = amax_to_scale(amax, hi).to(x.device)
+    dtype = x.dtype
+    xf = x if dtype == torch.float32 else x.float()
+    if axis is None:
+        zero = torch.zeros((), dtype=torch.int32, device=x.device)
+        out = torch.fake_quantize_per_tensor_affine(xf, scale.reshape(()), zero, lo, hi)
+    else:
+        axis = normalize_axis(axis, x.dim(), x.shape)
+        scale = scale.reshape(-1)
+        zero = torch.zeros(scale.numel(), dtype=torch.int32, device=x.device)
+        out = torch.fake_quantize_per_channel_affine(xf, scale, zero, axis, lo, hi)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def learnable_fake_tensor_quant(x: torch.Tensor, amax: torch.Tensor, num_bits: int = 8, unsigned: bool = False,
+                                narrow_range: bool = True, axis: Optional[int] = None) -> torch.Tensor:
+    """Fake-quantize with a gradient for amax as well (LSQ-style): d out / d amax = (code - x/scale) / max_bound.
+
+    Inputs outside the range pass no gradient to `x` but tell amax to grow (their code sits at the bound).
+    """
+    lo, hi = quant_bounds(num_bits, unsigned, narrow_range)
+    amax_b = amax if axis is None else _channel_view(amax, x.dim(), normalize_axis(axis, x.dim(), x.shape))
+    scale = amax_b.clamp_min(AMAX_FLOOR) / hi
+    scaled = x / scale
+    rounded = scaled + (torch.round(scaled) - scaled).detach()
+    return torch.clamp(rounded, lo, hi) * scale
+
+
+def tensor_quant(x: torch.Tensor, amax: torch.Tensor, num_bits: int = 8, unsigned: bool = False,
+                 narrow_range: bool = True, axis: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Real quantization: integer codes (in x's float dtype) and the scale that maps them back to x's units."""
+    lo, hi = quant_bounds(num_bits, unsigned, narrow_range)
+    scale = amax_to_scale(amax, hi).to(x.device)
+    if axis is not None:
+        scale = _channel_view(scale.reshape(-1), x.dim(), normalize_axis(axis, x.dim(), x.shape))
+    codes = torch.clamp(torch.round(x.float() / scale), lo, hi)
+    return codes.to(x.dtype), scale
