@@ -1,0 +1,152 @@
+"""export_onnx: write a calibrated fake-quantized model as an ONNX Q/DQ graph that TensorRT builds as INT8.
+
+Which torch exporter: the TorchScript (tracing) exporter, ``torch.onnx.export(..., dynamo=False)``. Since torch
+2.9 the default is the torch.export-based ("dynamo") exporter; torch 2.14 still ships the TorchScript one (with a
+deprecation warning), and it is the one used here because, as checked with torch 2.14.1 / onnx 1.23:
+  * it maps ``fake_quantize_per_tensor_affine`` / ``fake_quantize_per_channel_affine`` straight to
+    QuantizeLinear/DequantizeLinear at the requested opset (13 by default): int8 zero point 0 for the range
+    [-128, 127], ``axis`` on per-channel pairs, scales folded to constants;
+  * the dynamo exporter also emits Q/DQ for them, but only at opset 18: converting down to 13 fails
+    ("No Adapter From Version $16 for Identity") and the file silently stays at opset 18; its dynamic batch also
+    needs ``dynamic_shapes`` instead of ``dynamic_axes``;
+  * tracing handles models with Python-side control flow (YOLO heads), and ``dynamic_axes`` gives a symbolic
+    batch dimension.
+If a future torch drops the TorchScript exporter, export_onnx says so instead of failing deep inside torch.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import onnx
+import torch
+from torch import nn
+
+from ..nn.tensor_quantizer import TensorQuantizer
+
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as a Q/DQ graph as it is; the message says which part and what to do."""
+
+
+def _quantizer_problems(model: nn.Module) -> list[str]:
+    """Names of enabled quantizers that would not export as calibrated Q/DQ (no amax, still calibrating)."""
+    problems = []
+    for name, q in model.named_modules():
+        if not isinstance(q, TensorQuantizer) or not q.is_enabled:
+            continue
+        label = q.name or name
+        if getattr(q, "_if_calib", False):
+            problems.append(f"{label} (still collecting calibration statistics: run compute_amax/calibrate first)")
+        elif getattr(q, "_if_quant", True) and q.amax is None:
+            problems.append(f"{label} (enabled but not calibrated: no amax)")
+    return problems
+
+
+def _flat_tensors(output: Any) -> list[torch.Tensor]:
+    """Tensors of a (nested) model output in the order the ONNX exporter lists them as graph outputs."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        return [t for v in output.values() for t in _flat_tensors(v)]
+    if isinstance(output, (tuple, list)):
+        return [t for v in output for t in _flat_tensors(v)]
+    return []
+
+
+def _check_device(model: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+    param = next(iter(model.parameters()), None)
+    for i, a in enumerate(args):
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(f"export_onnx: sample input {i} is a {type(a).__name__}, expected a torch.Tensor")
+        if param is not None and a.device != param.device:
+            raise ValueError(f"export_onnx: sample input {i} is on {a.device} but the model is on {param.device}; "
+                             "move one of them")
+
+
+def _torchscript_export(model: nn.Module, args: tuple, path: Path, opset: int, input_names: list[str],
+                        output_names: list[str], dynamic_axes: dict | None) -> None:
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        kwargs: dict[str, Any] = {}  # torch < 2.5: the TorchScript exporter is the only one
+    else:
+        kwargs = {"dynamo": False}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        try:
+            torch.onnx.export(model, args, str(path), opset_version=opset, input_names=input_names,
+                              output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True,
+                              export_params=True, **kwargs)
+        except TypeError as exc:
+            if "dynamo" in str(exc):
+                raise ExportError(f"this torch ({torch.__version__}) has no TorchScript ONNX exporter "
+                                  "(dynamo=False), which qdqtorch needs to emit Q/DQ nodes") from exc
+            raise
+
+
+def _restore_modes(model: nn.Module, modes: dict[str, bool]) -> None:
+    for name, module in model.named_modules():
+        if name in modes:
+            module.training = modes[name]
+
+
+def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor], path: str | Path, *,
+                opset: int = 13, dynamic_batch: bool = True, input_names: Sequence[str] = ("images",),
+                output_names: Sequence[str] = ("output0",), metadata: Mapping[str, Any] | None = None) -> Path:
+    """Export a calibrated fake-quant model to an ONNX Q/DQ graph (eval mode, dynamic batch, metadata props).
+
+    `sample` is one input tensor or a tuple of them (its batch size does not matter with dynamic_batch).
+    Metadata values are written with str() (Ultralytics reads them back with ast.literal_eval). Outputs beyond
+    `output_names` are named output1, output2, ...; the model's train/eval modes are restored afterwards.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"export_onnx: opset {opset} is too old; per-channel Q/DQ needs opset >= {MIN_OPSET}")
+    args = (sample,) if isinstance(sample, torch.Tensor) else tuple(sample)
+    if len(input_names) != len(args):
+        raise ValueError(f"export_onnx: {len(args)} sample input(s) but {len(input_names)} input name(s) "
+                         f"{list(input_names)}")
+    _check_device(model, args)
+    problems = _quantizer_problems(model)
+    if problems:
+        raise ExportError("export_onnx: cannot export, these quantizers have no usable amax:\n  "
+                          + "\n  ".join(problems)
+                          + "\nCalibrate the model (qdqtorch.calibrate), load a calibration, or disable them.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    modes = {name: m.training for name, m in model.named_modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                outputs = _flat_tensors(model(*args))  # dry run: clear errors before tracing, and count outputs
+            except Exception as exc:
+                shapes = [tuple(a.shape) for a in args]
+                raise ExportError(f"export_onnx: the model failed on the sample input(s) of shape {shapes}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            if not outputs:
+                raise ExportError("export_onnx: the model returned no tensors")
+            if len(output_names) > len(outputs):
+                raise ValueError(f"export_onnx: {len(output_names)} output names for {len(outputs)} output(s)")
+            out_names = list(output_names) + [f"output{i}" for i in range(len(output_names), len(outputs))]
+            dynamic_axes = {n: {0: "batch"} for n in [*input_names, *out_names]} if dynamic_batch else None
+            _torchscript_export(model, args, path, opset, list(input_names), out_names, dynamic_axes)
+    finally:
+        _restore_modes(model, modes)
+
+    proto = onnx.load(str(path))
+    if metadata:
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = str(key), value if isinstance(value, str) else str(value)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"export_onnx: the exported graph {path} fails onnx.checker: {exc}") from exc
+    onnx.save(proto, str(path))
+    return path
