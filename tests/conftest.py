@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("YOLO_OFFLINE", "true")  # never let ultralytics reach for the network in tests
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QDQTORCH_SHARED", REPO_ROOT.parent / "shared")).resolve()
 COCO128 = SHARED / "data" / "coco128"

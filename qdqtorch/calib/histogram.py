@@ -139,9 +139,9 @@ def histogram_percentile(counts: torch.Tensor, bin_width: float, percentile: flo
     """Right edge of the first bin at which the cumulative share of |x| reaches `percentile` percent."""
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    cdf = torch.cumsum(counts.double(), 0)
-    target = cdf[-1] * (percentile / 100.0)
-    idx = int(torch.searchsorted(cdf, target.reshape(1)).clamp(max=counts.numel() - 1))
+    cdf = torch.cumsum(counts, 0)
+    rank = max(1, math.ceil(int(cdf[-1]) * percentile / 100.0 - 1e-9))  # the rank-th smallest |x|
+    idx = int(torch.searchsorted(cdf, torch.tensor([rank], device=cdf.device)).clamp(max=counts.numel() - 1))
     return (idx + 1) * bin_width
 
 

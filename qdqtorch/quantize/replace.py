@@ -120,6 +120,9 @@ def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any
             twins[id(child)] = twin
             setattr(module, child_name, twin)
             report.replaced.append((full, type(child).__name__, twin_cls.__name__))
+    order = {name: i for i, name in enumerate(names)}
+    report.replaced.sort(key=lambda r: order.get(r[0], len(order)))
+    report.ignored.sort(key=lambda r: order.get(r[0], len(order)))
     if not callable(config.ignore):
         for pattern in config.ignore:
             if pattern not in used_ignore:
