@@ -1,0 +1,9 @@
+"""Model loading: checkpoints (training-repository pickles, Ultralytics) to float32 detectors with output metadata."""
+from .errors import ModelLoadError, ModelNotFoundError
+from .fold import fold_batchnorm
+from .load import load_model
+from .loaded import LoadedModel
+from .outputs import LAYOUTS, ULTRALYTICS, YOLOV5, PredictionOnly, select_predictions
+
+__all__ = ["LAYOUTS", "ULTRALYTICS", "YOLOV5", "LoadedModel", "ModelLoadError", "ModelNotFoundError",
+           "PredictionOnly", "fold_batchnorm", "load_model", "select_predictions"]

@@ -1,0 +1,94 @@
+"""load_model: one entry point from a checkpoint path, model yaml or nn.Module to a float32 eval-mode detector."""
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .describe import class_names, find_head, float_by_default, max_stride
+from .errors import ModelLoadError, ModelNotFoundError
+from .fold import fold_batchnorm
+from .loaded import LoadedModel
+from .repo_pickle import load_repo_pickle
+from .ultralytics_loader import load_ultralytics
+
+_YAML = {".yaml", ".yml"}
+# names Ultralytics would fetch from its release assets when missing
+_ULTRALYTICS_ASSET = re.compile(r"^(yolo|yolov\d+|rtdetr|yoloe)[\w.-]*\.pt$", re.IGNORECASE)
+_WHAT_TO_PASS = ("pass the path of a .pt checkpoint (a training-repository whole-model pickle or an Ultralytics "
+                 "checkpoint) or an Ultralytics model yaml such as yolov8n.yaml")
+
+
+def _is_torch_file(path: Path) -> bool:
+    """torch.save output: a zip with a data.pkl record, or the legacy raw-pickle format."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("data.pkl") for n in archive.namelist())
+    with open(path, "rb") as f:
+        return f.read(2) in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def _references_ultralytics(path: Path) -> bool:
+    """Does the pickle name `ultralytics.*` classes? Read from the pickle's opcodes, without running it."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy format or older torch: tell by trying the repository route
+        return False
+    return any(n.split(".")[0] == "ultralytics" for n in names)
+
+
+def _missing(spec: str, path: Path) -> ModelNotFoundError:
+    if path.parent == Path(".") and _ULTRALYTICS_ASSET.match(path.name):
+        return ModelNotFoundError(f"{spec} is not on disk (looked for {path.resolve()}); Ultralytics would download "
+                                  "it, but qdqtorch never downloads and this machine may be offline: pass a local "
+                                  "path to the checkpoint")
+    return ModelNotFoundError(f"model not found: {spec} (resolved to {path.resolve()}); {_WHAT_TO_PASS}")
+
+
+def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple[nn.Module, str, bool]:
+    """Return (module, source description, is_ultralytics)."""
+    if isinstance(spec, nn.Module):
+        return spec, f"module:{type(spec).__name__}", False
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in _YAML:
+        if not path.exists() and path.parent != Path("."):
+            raise _missing(str(spec), path)
+        name = str(path) if path.exists() else path.name  # bare names resolve to ultralytics' bundled cfgs
+        model, note = load_ultralytics(name, f"model yaml {spec}")
+        return model, f"ultralytics-yaml:{name} (random init){note}", True
+    if not path.exists():
+        raise _missing(str(spec), path)
+    if path.is_dir():
+        raise ModelLoadError(f"{spec} is a folder; {_WHAT_TO_PASS} (a training repository goes in --repo)")
+    if not _is_torch_file(path):
+        raise ModelLoadError(f"{spec}: unknown file type (not a torch.save checkpoint nor a .yaml model config); "
+                             f"{_WHAT_TO_PASS}. ONNX/TensorRT/safetensors files hold no PyTorch model to quantize")
+    if _references_ultralytics(path):
+        model, note = load_ultralytics(str(path), f"checkpoint {spec}")
+        return model, f"ultralytics:{path.resolve()}{note}", True
+    model = load_repo_pickle(path, repo)
+    where = f" (repo {Path(repo).resolve()})" if repo is not None else ""
+    return model, f"repo-pickle:{path.resolve()}{where}", False
+
+
+def load_model(spec: str | Path | nn.Module, *, repo: str | Path | None = None, device: str | torch.device = "cpu",
+               fuse_bn: bool = False) -> LoadedModel:
+    """Load a detector as float32, eval mode, frozen, with its output layout, class names and stride.
+
+    `spec` is a checkpoint path (a training-repository whole-model pickle such as YOLOv5/YOLOv7 `best.pt`, with
+    `repo` the repository it was saved from; or an Ultralytics `.pt`, detected by content), an Ultralytics model yaml
+    (`yolov8n.yaml`: random init, bundled configs resolved by the ultralytics package), or an nn.Module.
+    Checkpoints are pickles: loading one runs code from it (and from `repo`), so load only files you trust.
+    Nothing is downloaded. `fuse_bn` folds BatchNorm into the preceding convs (see `fold_batchnorm`).
+    """
+    module, source, is_ultralytics = _load_module(spec, repo)
+    model = module.float().to(device).eval()
+    model.requires_grad_(False)
+    layout, head = find_head(model)
+    if fuse_bn:
+        source += f" (batchnorm folded: {fold_batchnorm(model)})"
+    return LoadedModel(model=model, layout=layout, names=class_names(model, head), stride=max_stride(model, head),
+                       default_ignore=float_by_default(model), source=source)
