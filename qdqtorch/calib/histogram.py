@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from ..tensor_quant import quant_bounds
+from .max import NonFiniteError
 
 HISTOGRAM_METHODS = ("max", "entropy", "mse", "percentile")
 _CHUNK = 256  # candidate thresholds evaluated at once
@@ -46,6 +47,8 @@ class HistogramCalibrator:
             return
         self.num_collected += 1
         xmax = float(x.max())
+        if not math.isfinite(xmax):
+            raise NonFiniteError("input holds NaN/Inf values")
         if self.counts is None:
             if xmax == 0.0:
                 self._pending_zeros += x.numel()

@@ -8,6 +8,10 @@ import torch
 from ..tensor_quant import normalize_axis
 
 
+class NonFiniteError(ValueError):
+    """A calibrator was fed NaN or Inf."""
+
+
 class MaxCalibrator:
     """Tracks max |x| over every collected tensor, either globally or per index along `axis`."""
 
@@ -27,6 +31,8 @@ class MaxCalibrator:
             axis = normalize_axis(self.axis, x.dim(), x.shape)
             dims = [d for d in range(x.dim()) if d != axis]
             amax = (x.abs().amax(dim=dims) if dims else x.abs()).float()
+        if not torch.isfinite(amax).all():  # NaN/Inf propagate into the max: one cheap check
+            raise NonFiniteError("input holds NaN/Inf values")
         if self._amax is None:
             self._amax = amax
         elif self._amax.shape != amax.shape:

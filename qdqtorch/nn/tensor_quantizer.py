@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from ..calib import HistogramCalibrator, MaxCalibrator
+from ..calib import HistogramCalibrator, MaxCalibrator, NonFiniteError
 from ..descriptor import HISTOGRAM_CALIB_METHODS, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from ..tensor_quant import amax_to_scale, fake_tensor_quant, learnable_fake_tensor_quant, tensor_quant
 
@@ -180,11 +180,12 @@ class TensorQuantizer(nn.Module):
         return fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis)
 
     def _collect(self, x: torch.Tensor) -> None:
-        if not torch.isfinite(x).all():
+        try:
+            self._calibrator.collect(x)
+        except NonFiniteError:
             bad = int((~torch.isfinite(x)).sum())
             raise CalibrationError(f"{self.label}: calibration input holds {bad} NaN/Inf values; check the "
-                                   "calibration data and preprocessing (or the layers before this one)")
-        self._calibrator.collect(x)
+                                   "calibration data and preprocessing (or the layers before this one)") from None
 
     def _export_forward(self, x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
         """Emit ONNX QuantizeLinear/DequantizeLinear (8-bit) with constant scales and zero point 0.

@@ -1,0 +1,63 @@
+"""summary.json and report.md of a PTQ run, plus the short table printed at the end."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ..quantize import atomic_write_text
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def result_rows(summary: Dict[str, Any]) -> List[tuple]:
+    """(name, mAP50-95, mAP50, delta vs float) for every evaluation in the summary."""
+    float_map = summary.get("float", {}).get("map50_95")
+    rows = []
+    for key, label in (("float", "float (FP32)"), ("int8", "INT8 fake quant (PyTorch)"),
+                       ("int8_onnxruntime", "INT8 Q/DQ ONNX (ONNX Runtime)")):
+        if key in summary:
+            r = summary[key]
+            delta = None if float_map is None or key == "float" else r["map50_95"] - float_map
+            rows.append((label, r["map50_95"], r["map50"], delta))
+    return rows
+
+
+def table(summary: Dict[str, Any]) -> str:
+    """The short results table (Markdown)."""
+    lines = ["| model | mAP50-95 | mAP50 | Δ mAP50-95 vs float |", "|---|---|---|---|"]
+    for label, m, m50, delta in result_rows(summary):
+        lines.append(f"| {label} | {_fmt(m)} | {_fmt(m50)} | {'-' if delta is None else f'{delta:+.4f}'} |")
+    return "\n".join(lines)
+
+
+def write_reports(summary: Dict[str, Any], out: Path) -> None:
+    """Write summary.json (atomically) and report.md."""
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    s = summary["settings"]
+    quant = summary.get("quantization", {})
+    lines = [f"# PTQ report: {s['model']}", "", table(summary), "",
+             f"- data: {summary['data'].get('eval')} ({summary['data'].get('eval_images')} eval images, "
+             f"{summary['data'].get('calib_images')} calibration images from {summary['data'].get('calib')})",
+             f"- calibration: activations `{s['calib_method']}`"
+             + (f" (percentile {s['percentile']})" if s["calib_method"] == "percentile" else "")
+             + f", weights `{s['weight_method']}`, imgsz {s['imgsz']}, batch {s['batch']}, device {s['device']}",
+             f"- layers quantized: {len(quant.get('replaced', []))}, kept float: {len(quant.get('ignored', []))}"]
+    for name, cls, pattern in quant.get("ignored", []):
+        lines.append(f"  - `{name}` ({cls}) matched `{pattern}`")
+    for pattern, near in quant.get("unmatched_ignore", {}).items():
+        lines.append(f"  - WARNING: ignore pattern `{pattern}` matched nothing (nearest: {', '.join(near)})")
+    if "rules" in summary:
+        lines.append(f"- TensorRT rules: {len(summary['rules'].get('groups', []))} tied groups")
+    if "onnx" in summary:
+        check = summary.get("qdq_check", {})
+        lines.append(f"- ONNX: `{Path(summary['onnx']).name}`; Q/DQ check: {len(check.get('errors', []))} errors, "
+                     f"{len(check.get('warnings', []))} warnings")
+        for finding in check.get("errors", [])[:20]:
+            lines.append(f"  - {finding}")
+    lines.append("- timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.get("timings", {}).items()))
+    lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()))
+    (out / "report.md").write_text("\n".join(lines) + "\n")

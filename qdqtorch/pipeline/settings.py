@@ -1,0 +1,88 @@
+"""PTQSettings: everything one PTQ run needs, as plain data that round-trips through YAML/JSON."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from ..quantize import AMAX_METHODS, load_config_file
+from ..calib import WEIGHT_METHODS
+
+
+@dataclass
+class PTQSettings:
+    """One post-training-quantization job: model, data, calibration, evaluation and export options.
+
+    `quant` holds a QuantConfig dict (input/weight descriptors, modules, overrides, ignore); `ignore` adds
+    regexes on top of it and of the model's default float layers (e.g. Ultralytics' DFL).
+    """
+
+    model: str = "yolov8n.pt"
+    data: str = "coco128.yaml"
+    out: str = "runs/ptq"
+    repo: Optional[str] = None
+    calib_data: Optional[str] = None          # default: the dataset's train split
+    calib_split: str = "train"
+    eval_split: str = "val"
+    num_calib: int = 128
+    num_eval: Optional[int] = None
+    batch: int = 16
+    imgsz: int = 640
+    calib_method: str = "max"
+    percentile: float = 99.99
+    weight_method: str = "max"
+    ignore: List[str] = field(default_factory=list)
+    rules: Optional[str] = None               # "tensorrt": TensorRT placement rules
+    fold_bn: bool = False
+    device: str = "cpu"
+    export: bool = True
+    opset: int = 13
+    check: bool = False                       # fail on Q/DQ checker errors
+    ort_eval: bool = False                    # score the exported ONNX with ONNX Runtime too
+    skip_float_eval: bool = False
+    conf_thres: float = 0.001
+    iou_thres: float = 0.65
+    max_det: int = 300
+    scorer: str = "pycocotools"
+    workers: int = 0
+    quant: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.calib_method not in AMAX_METHODS:
+            raise ValueError(f"calib_method must be one of {AMAX_METHODS}, got {self.calib_method!r}")
+        if self.weight_method not in WEIGHT_METHODS:
+            raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
+        if self.rules not in (None, "tensorrt"):
+            raise ValueError(f"rules must be 'tensorrt' or unset, got {self.rules!r}")
+        for name in ("num_calib", "batch", "imgsz"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if isinstance(self.ignore, str):
+            self.ignore = [self.ignore]
+
+    def to_dict(self) -> dict:
+        """JSON-able dict of every setting."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "PTQ settings") -> "PTQSettings":
+        """Build from a dict; unknown keys are an error naming them (dashes are accepted for underscores)."""
+        data = {k.replace("-", "_"): v for k, v in data.items()}
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: Union[str, Path], **overrides: Any) -> "PTQSettings":
+        """Settings from a YAML/JSON file; a file holding only QuantConfig keys is taken as the `quant` section."""
+        data = load_config_file(path)
+        quant_keys = {"input", "weight", "modules", "overrides"}
+        if data and set(data) <= quant_keys | {"ignore"} and set(data) & quant_keys:
+            data = {"quant": data}
+        return cls.from_dict({**data, **overrides}, where=str(path))

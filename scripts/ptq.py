@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Post-training INT8 quantization of a YOLO detector: float vs fake-quant COCO mAP, calibration, Q/DQ ONNX.
+
+Loading a checkpoint (.pt) unpickles it, which can run arbitrary code: only load files you trust. Nothing is
+downloaded: pass local paths (e.g. --model ../shared/models/yolov5n.pt --repo PATH/TO/yolov5 --data
+../shared/data/coco128/coco128.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from qdqtorch.pipeline import PTQSettings, run_ptq, table  # noqa: E402
+
+S = argparse.SUPPRESS  # options left out keep the --config file's value (or the default)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML/JSON settings (any option below, plus a `quant:` QuantConfig section); "
+                                    "command-line options override it")
+    p.add_argument("--model", default=S, help="checkpoint (.pt pickle: YOLOv5/YOLOv7 repo or Ultralytics) or "
+                                             "Ultralytics model yaml (default yolov8n.pt)")
+    p.add_argument("--repo", default=S, help="training repository the pickle was saved from (put on the import path)")
+    p.add_argument("--data", default=S, help="Ultralytics dataset yaml or image folder with YOLO labels "
+                                            "(default coco128.yaml)")
+    p.add_argument("--out", default=S, help="output folder (default runs/ptq)")
+    p.add_argument("--calib-data", default=S, help="calibration images: folder, list file, dataset yaml (train "
+                                                  "split), .npy/.raw files (default: --data's train split)")
+    p.add_argument("--num-calib", type=int, default=S, help="calibration images (default 128)")
+    p.add_argument("--num-eval", type=int, default=S, help="evaluation images (default all)")
+    p.add_argument("--batch", type=int, default=S, help="batch size (default 16)")
+    p.add_argument("--imgsz", type=int, default=S, help="letterbox size (default 640)")
+    p.add_argument("--calib-method", choices=["max", "entropy", "mse", "percentile"], default=S,
+                   help="activation amax method (default max)")
+    p.add_argument("--percentile", type=float, default=S, help="for --calib-method percentile (default 99.99)")
+    p.add_argument("--weight-method", choices=["max", "mse", "percentile", "admm"], default=S,
+                   help="weight amax method (default max)")
+    p.add_argument("--ignore", nargs="+", default=S, metavar="REGEX",
+                   help="layers kept float (re.match on dotted module names)")
+    p.add_argument("--rules", choices=["tensorrt"], default=S, help="apply TensorRT Q/DQ placement rules")
+    p.add_argument("--fold-bn", action="store_true", default=S, help="fold BatchNorm into convs before quantizing")
+    p.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu)")
+    p.add_argument("--opset", type=int, default=S, help="ONNX opset (default 13)")
+    p.add_argument("--no-export", dest="export", action="store_false", default=S, help="skip the ONNX export")
+    p.add_argument("--check", action="store_true", default=S,
+                   help="exit non-zero when the Q/DQ checker finds errors in the export")
+    p.add_argument("--ort-eval", action="store_true", default=S, help="also score the ONNX in ONNX Runtime")
+    p.add_argument("--skip-float-eval", action="store_true", default=S, help="skip the float baseline")
+    p.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default pycocotools)")
+    p.add_argument("--workers", type=int, default=S, help="image loading workers (default 0)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = vars(parse_args(argv))
+    config = args.pop("config", None)
+    try:
+        settings = PTQSettings.from_file(config, **args) if config else PTQSettings.from_dict(args)
+        result = run_ptq(settings)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}".splitlines()[0] if "\n" not in str(exc) else f"error: {exc}", file=sys.stderr)
+        return 2
+    print(table(result.summary))
+    print(f"wrote {result.out}/summary.json, report.md, calibration.json"
+          + (", model.qdq.onnx" if "onnx" in result.summary else ""))
+    if not result.ok:
+        print(f"error: Q/DQ check found {len(result.summary['qdq_check']['errors'])} errors (see report.md)",
+              file=sys.stderr)
+        return 1 if settings.check else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
