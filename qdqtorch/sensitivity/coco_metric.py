@@ -1,0 +1,48 @@
+"""COCO mAP50-95 / mAP50 of a YOLO detector on a cached EvalSet, as a two-phase sweep metric (infer, then score)."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Optional, Tuple
+
+from torch import nn
+
+from .metric import Metric
+
+COCO_KEYS = ("map50_95", "map50")
+
+
+class CocoMetric(Metric):
+    """mAP of `model` on `eval_set` (images decoded and letterboxed once); `infer` runs the model and the batched
+    NMS, `score` runs the COCO scorer, so the sweep can score one unit while the next one runs inference."""
+
+    def __init__(self, eval_set: Any, layout: str, key: str = "map50_95", *, scorer: str = "fast",
+                 batch_size: int = 16, conf_thres: float = 0.001, iou_thres: float = 0.65, max_det: int = 300,
+                 data: Optional[str] = None) -> None:
+        if key not in COCO_KEYS:
+            raise ValueError(f"COCO metric {key!r}: choose one of {COCO_KEYS}")
+        self.eval_set, self.layout, self.key = eval_set, layout, key
+        self.scorer_name = scorer
+        self.kwargs = dict(layout=layout, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
+                           batch_size=batch_size, progress=False)
+        self._scorer = eval_set.scorer(scorer)  # built once (and fails early if pycocotools is missing)
+        files = hashlib.sha256("\n".join(str(p) for p in eval_set.paths).encode()).hexdigest()
+        h, w = eval_set.preprocess.hw
+        description = {"metric": f"coco_{key}", "data": data, "num_images": len(eval_set),
+                       "num_boxes": eval_set.num_annotations, "images_sha256": files, "imgsz": [h, w],
+                       "scorer": scorer, "conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det,
+                       "summary": f"{data or 'images'}: {len(eval_set)} images ({eval_set.num_annotations} boxes) "
+                                  f"at {h}x{w}, COCO {key} ({scorer} scorer)"}
+        super().__init__(self.__call__, f"coco_{key}", True, description)
+
+    def infer(self, model: nn.Module) -> Tuple[Any, dict]:
+        """Inference and NMS over the whole eval set: detections in COCO terms (+ timings)."""
+        from ..eval import detect
+        return detect(model, self.eval_set, **self.kwargs)
+
+    def score(self, raw: Tuple[Any, dict]) -> float:
+        """COCO AP of the detections."""
+        result = self._scorer.score(raw[0])
+        return float(getattr(result, self.key))
+
+    def __call__(self, model: nn.Module) -> float:
+        return self.score(self.infer(model))

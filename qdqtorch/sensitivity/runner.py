@@ -1,0 +1,244 @@
+"""run_sensitivity: the whole analysis on a calibrated quantized model (proxy pass, sweep, budget, outputs), resumable,
+shardable and torchrun-aware; merge_outputs: combine shard folders."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from torch import nn
+
+from . import distributed as D
+from .budget import parse_budget, select_within_budget
+from .fingerprint import json_fingerprint, model_fingerprint
+from .jobs import FLOAT, MODES, QUANTIZED, baseline_jobs, enabled_quantizers, float_set_job, shard_of, unit_jobs
+from .journal import FingerprintMismatch, Journal, discard, journal_paths, load_results, read_journal
+from .metric import Metric, as_metric, check_value
+from .proxy import ProxyResult, proxy_markdown, proxy_pass
+from .report import write_outputs
+from .sweep import Evaluator
+from .result import build_result
+from .units import Unit, find_units
+from ..quantize import atomic_write_text
+
+
+@dataclass
+class SweepSettings:
+    """How to sweep. `budget`: absolute ("0.003") or relative ("1%") metric drop allowed against float.
+    `shard`: (K, N) with 0 <= K < N. `prefilter`: sweep only the K worst units by proxy."""
+
+    mode: str = "disable-one"
+    unit: str = "layer"
+    block_depth: Optional[int] = None
+    reference: Optional[str] = None
+    topk: int = 20
+    prefilter: Optional[int] = None
+    budget: Optional[str] = None
+    budget_max_units: int = 10
+    recommend: int = 3
+    shard: Optional[Tuple[int, int]] = None
+    overlap: bool = True
+    chart: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: choose one of {MODES}")
+        if self.reference not in (None, "float", "quantized"):
+            raise ValueError(f"reference {self.reference!r}: choose 'float' or 'quantized'")
+        if self.prefilter is not None and self.prefilter < 1:
+            raise ValueError(f"prefilter must be >= 1, got {self.prefilter}")
+        if self.budget is not None:
+            parse_budget(self.budget)
+
+
+def _identity(model: nn.Module, metric: Metric, units: Sequence[Unit], settings: SweepSettings) -> dict:
+    """What results depend on (the fingerprint): model incl. amax, the metric and its data, mode, units."""
+    return {"model": model_fingerprint(model), "data": metric.describe(), "metric": metric.name,
+            "higher_is_better": metric.higher_is_better, "mode": settings.mode, "unit": settings.unit,
+            "units": [[u.name, list(u.quantizers)] for u in units]}
+
+
+def _journal_name(shard: Optional[Tuple[int, int]], rank: int, world: int) -> str:
+    if world > 1:
+        return f"journal.rank-{rank}-of-{world}.jsonl"
+    if shard is not None and shard[1] > 1:
+        return f"journal.shard-{shard[0]}-of-{shard[1]}.jsonl"
+    return "journal.jsonl"
+
+
+def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module], float], str],
+                    out_dir: Union[str, Path], settings: Optional[SweepSettings] = None, *,
+                    proxy_data: Optional[Iterable] = None, proxy_preprocess: Optional[Callable] = None,
+                    base_config: Optional[dict] = None, model_info: Optional[dict] = None,
+                    extra_settings: Optional[dict] = None,
+                    verify_factory: Optional[Callable[[List[Unit]], nn.Module]] = None,
+                    fresh: bool = False, progress: bool = True) -> Optional[dict]:
+    """Sensitivity analysis of a calibrated, quantized `model` under `metric` (a callable model -> float).
+
+    Evaluates the float and all-quantized baselines, then one job per unit (`settings.mode`), persisting each
+    result in a journal in `out_dir` so a rerun resumes; optional proxy pass (`proxy_data`: a few batches) with
+    prefilter; optional accuracy budget. Under torchrun (an initialised process group) units are split across ranks
+    and rank 0 writes the outputs; with `settings.shard` only that shard is evaluated (merge with `merge_outputs`).
+    `base_config` ({"kind": "ptq" | "quant", "data": dict}) is what the recommended config file extends.
+    `verify_factory(float_units)` may build a fresh model quantized with the recommended ignore list for the
+    budget's verification. Returns the sensitivity.json dict (a partial one for a shard), None on ranks > 0.
+    """
+    settings = settings or SweepSettings()
+    metric = as_metric(metric)
+    rank, world = D.rank_and_world()
+    if world > 1 and settings.shard is not None and settings.shard[1] > 1:
+        raise ValueError("use either --shard or torchrun, not both")
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    model.eval()
+    units = find_units(model, settings.unit, settings.block_depth)
+    identity = _identity(model, metric, units, settings)
+    fingerprint = json_fingerprint(identity)
+    if fresh and rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        discard(out_dir)
+    if world > 1:
+        D.broadcast_object(None)  # ranks wait for rank 0's --fresh cleanup
+    proxy = None
+    if proxy_data is not None:
+        proxy = proxy_pass(model, proxy_data, units, preprocess=proxy_preprocess, progress=progress and rank == 0)
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / "sensitivity_proxy.md", proxy_markdown(proxy))
+    elif settings.prefilter is not None:
+        raise ValueError("--prefilter needs the proxy pass: give proxy data (--proxy-images > 0)")
+    selected = units
+    if settings.prefilter is not None and proxy is not None:
+        worst = set(proxy.ranking[:settings.prefilter])
+        selected = [u for u in units if u.name in worst]
+    meta = {"model": {**(model_info or {}), "fingerprint": identity["model"],
+                      "num_quantizers": sum(len(u.quantizers) for u in units)},
+            "data": metric.describe(),
+            "settings": {**asdict(settings), **(extra_settings or {}), "metric": metric.name,
+                         "higher_is_better": metric.higher_is_better, "block_depth": settings.block_depth},
+            "units": [u.to_dict() for u in units], "selected_units": [u.name for u in selected],
+            "base_config": base_config, "proxy": None if proxy is None else proxy.to_dict()}
+    meta["settings"]["shard"] = None if settings.shard is None else list(settings.shard)
+    _, cached = load_results(out_dir, fingerprint) if out_dir.exists() else (None, {})
+    journal = Journal(out_dir / _journal_name(settings.shard, rank, world), fingerprint, meta)
+    evaluator = Evaluator(model, metric, units, settings.mode, journal, cached)
+    jobs = baseline_jobs() + unit_jobs(selected)
+    mine = jobs
+    if world > 1:
+        mine = shard_of(jobs, rank, world)
+    elif settings.shard is not None:
+        mine = shard_of(jobs, *settings.shard)
+    done_before = sum(j.key in cached for j in mine)
+    label = f"sensitivity [{settings.mode}, {settings.unit}]" + (f" rank {rank}/{world}" if world > 1 else "") + \
+        (f" shard {settings.shard[0]}/{settings.shard[1]}" if settings.shard else "")
+    evaluator.run(mine, progress=progress, desc=label, overlap=settings.overlap)
+    records = evaluator.results
+    if world > 1:
+        gathered = D.gather_to_rank0(records)
+        if rank != 0:
+            return None
+        records = D.merge_dicts(gathered)
+        evaluator.results = dict(records)
+    timing = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "evaluations_this_run": len(mine) - done_before, "resumed_from_journal": done_before,
+              "world_size": world}
+    if settings.shard is not None and settings.shard[1] > 1:
+        timing["total_s"] = round(time.perf_counter() - started, 3)
+        return build_result(meta, fingerprint, records, proxy=meta["proxy"], recommend=settings.recommend,
+                            timing=timing)
+    budget = None
+    if settings.budget is not None:
+        budget = _run_budget(evaluator, units, records, settings, verify_factory, progress)
+    timing["total_s"] = round(time.perf_counter() - started, 3)
+    result = build_result(meta, fingerprint, evaluator.results, proxy=meta["proxy"], recommend=settings.recommend,
+                          budget=budget, timing=timing)
+    result["output_dir"] = str(out_dir)
+    write_outputs(result, out_dir, settings.topk, settings.chart)
+    return result
+
+
+def _run_budget(evaluator: "Evaluator", units: Sequence[Unit], records: Dict[str, dict], settings: SweepSettings,
+                verify_factory: Optional[Callable[[List[Unit]], nn.Module]], progress: bool) -> dict:
+    """Greedy keep-float search over the sweep's ranking, each step journaled, then a fresh verification."""
+    if FLOAT not in records or QUANTIZED not in records:
+        raise ValueError("the accuracy budget needs both baselines; merge all shards first")
+    value, relative = parse_budget(settings.budget)
+    order = [u.name for u in units]
+    by_name = {u.name: u for u in units}
+    probe = build_result({"settings": {"mode": settings.mode,
+                                       "higher_is_better": evaluator.metric.higher_is_better},
+                          "units": [u.to_dict() for u in units]}, "", records)
+    ranking = [e["unit"] for e in probe["entries"] if e["impact"] is not None and e["impact"] > 0]
+
+    def evaluate(names: Sequence[str]) -> float:
+        return evaluator.evaluate(float_set_job(names, order, reuse_unit_keys=settings.mode == "disable-one"))
+
+    def verify(names: Sequence[str]) -> float:
+        if verify_factory is not None:
+            fresh = verify_factory([by_name[n] for n in names])
+            fresh.eval()
+            return check_value(evaluator.metric(fresh), evaluator.metric, "budget verification")
+        job = float_set_job(names, order, reuse_unit_keys=False)
+        evaluator.switch.set_enabled(enabled_quantizers(job, evaluator.units, settings.mode))
+        try:
+            return check_value(evaluator.metric(evaluator.model), evaluator.metric, "budget verification")
+        finally:
+            evaluator.switch.restore()
+
+    return select_within_budget(evaluate, ranking, records[FLOAT]["metric"], records[QUANTIZED]["metric"], value,
+                                relative=relative, higher_is_better=evaluator.metric.higher_is_better,
+                                max_units=settings.budget_max_units, verify=verify,
+                                verify_method="fresh model quantized with the recommended ignore list"
+                                if verify_factory is not None else "in-place re-evaluation (not from the journal)")
+
+
+def merge_outputs(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path], *, topk: int = 20,
+                  recommend: int = 3, chart: bool = True) -> dict:
+    """Combine the journals of shard runs (folders or journal files) into one sensitivity.json/.md/.png.
+
+    Refuses inputs of different fingerprints. The merged journal is written to `out_dir` (unless it is one of
+    the inputs), so rerunning the same command there with --budget continues from the merged results.
+    """
+    out_dir = Path(out_dir)
+    files: List[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = journal_paths(path)
+            if not found:
+                raise FileNotFoundError(f"merge: no journal*.jsonl in {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"merge: no such file or folder: {path}")
+    header, records = None, {}
+    for path in files:
+        h, recs = read_journal(path)
+        if h is None:
+            continue
+        if header is not None and h["fingerprint"] != header["fingerprint"]:
+            raise FingerprintMismatch(f"merge: {path} was made for another model, data or settings than "
+                                      f"{files[0]} (fingerprints {h['fingerprint'][:12]} vs "
+                                      f"{header['fingerprint'][:12]}); merge only shards of one sweep")
+        header = header or h
+        for key, rec in recs.items():
+            records.setdefault(key, rec)
+    if header is None:
+        raise ValueError("merge: the journals hold no header; nothing to merge")
+    meta = {**header["meta"], "settings": {**header["meta"]["settings"], "shard": None}}
+    if out_dir.resolve() not in {f.parent.resolve() for f in files}:
+        journal = Journal(out_dir / "journal.merged.jsonl", header["fingerprint"], meta)
+        _, present = read_journal(journal.path)
+        for key, rec in records.items():
+            if key not in present:
+                journal.append(key, rec["metric"], rec.get("time_s") or 0.0)
+    result = build_result(meta, header["fingerprint"], records, proxy=meta.get("proxy"), recommend=recommend,
+                          timing={"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                  "merged_from": [str(f) for f in files]})
+    result["output_dir"] = str(out_dir)
+    write_outputs(result, out_dir, topk, chart)
+    return result
+

@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Quantization sensitivity: which layers cost the most accuracy as INT8, and which few to keep float.
+
+  scripts/sensitivity.py --model ../shared/models/yolov5n.pt --repo tests/fixtures/yolov5_repo \\
+      --data ../shared/data/coco128/coco128.yaml --imgsz 320 --num-images 64 --budget 0.003 --out runs/sens
+  torchrun --nproc-per-node 4 scripts/sensitivity.py ...          (units split across ranks, rank 0 writes)
+  scripts/sensitivity.py ... --shard 0/8   then   scripts/sensitivity.py merge DIR [DIR ...] --out DIR
+
+Writes sensitivity.json (schema: qdqtorch.sensitivity.schema), sensitivity.md, sensitivity.png,
+sensitivity_proxy.md and sensitivity_config.yaml (for `scripts/ptq.py --config`). Every evaluation is journaled:
+rerunning the same command resumes. Model/data/calibration options are those of scripts/ptq.py (and --config
+takes its settings files). Loading a .pt checkpoint unpickles it: only load files you trust.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+S = argparse.SUPPRESS  # options left out keep the --config file's value (or the default)
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model, data and calibration (as scripts/ptq.py)")
+    g.add_argument("--config", help="PTQ settings YAML/JSON (any option of scripts/ptq.py plus a `quant:` section)")
+    g.add_argument("--model", default=S, help="checkpoint .pt, model yaml, or 'module:function' returning a float "
+                                             "nn.Module")
+    g.add_argument("--repo", default=S, help="training repository the pickle was saved from")
+    g.add_argument("--data", default=S, help="dataset yaml or image folder with YOLO labels (evaluation)")
+    g.add_argument("--calib-data", default=S, help="calibration source (default: --data's train split) or "
+                                                  "'module:function' yielding input batches")
+    g.add_argument("--num-calib", type=int, default=S, help="calibration images (default 128)")
+    g.add_argument("--num-images", dest="num_eval", type=int, default=S, help="evaluation images (default all)")
+    g.add_argument("--imgsz", type=int, default=S, help="letterbox size (default 640)")
+    g.add_argument("--batch", type=int, default=S, help="batch size (default 16)")
+    g.add_argument("--calib-method", choices=["max", "entropy", "mse", "percentile"], default=S)
+    g.add_argument("--percentile", type=float, default=S)
+    g.add_argument("--weight-method", choices=["max", "mse", "percentile", "admm"], default=S)
+    g.add_argument("--ignore", nargs="+", default=S, metavar="REGEX", help="layers kept float throughout")
+    g.add_argument("--rules", choices=["tensorrt"], default=S, help="TensorRT Q/DQ placement rules")
+    g.add_argument("--fold-bn", action="store_true", default=S)
+    g.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu; cuda:LOCAL_RANK under torchrun)")
+    g.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default fast)")
+    g.add_argument("--workers", type=int, default=S)
+    g.add_argument("--calibration", help="load this calibration file (from save_calibration) instead of calibrating")
+    g.add_argument("--calib-distributed", action="store_true",
+                   help="under torchrun, every rank calibrates on its share of the images and statistics are "
+                        "all-reduced (default: rank 0 calibrates and broadcasts amax)")
+    s = p.add_argument_group("sweep")
+    s.add_argument("--out", default="runs/sensitivity", help="output folder (default runs/sensitivity)")
+    s.add_argument("--metric", default="map50_95", help="map50_95 (default), map50, or 'module:function' taking "
+                                                        "the model and returning a float")
+    s.add_argument("--lower-is-better", action="store_true", help="for a custom metric such as a loss")
+    s.add_argument("--mode", choices=["disable-one", "enable-one"], default="disable-one")
+    s.add_argument("--unit", choices=["quantizer", "layer", "block"], default="layer")
+    s.add_argument("--block-depth", type=int, help="module-path prefix depth of a block (default: auto, model.{i})")
+    s.add_argument("--reference", choices=["quantized", "float"], help="baseline of `delta` (default: quantized "
+                                                                        "for disable-one, float for enable-one)")
+    s.add_argument("--topk", type=int, default=20, help="rows in sensitivity.md (default 20)")
+    s.add_argument("--recommend", type=int, default=3, help="units to recommend without --budget (default 3)")
+    s.add_argument("--proxy-images", type=int, default=8, help="images for the proxy pass (0: skip; default 8)")
+    s.add_argument("--prefilter", type=int, help="sweep only the K most sensitive units by proxy")
+    s.add_argument("--budget", help="allowed drop against float: absolute (0.003) or relative (1%%)")
+    s.add_argument("--budget-max-units", type=int, default=10, help="at most this many float units (default 10)")
+    s.add_argument("--shard", help="K/N: evaluate only shard K (0-based) of N; combine with `merge`")
+    s.add_argument("--fresh", action="store_true", help="discard journals in --out instead of resuming")
+    s.add_argument("--no-overlap", action="store_true", help="do not score on a thread during the next inference")
+    s.add_argument("--no-chart", action="store_true", help="skip sensitivity.png")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def merge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sensitivity.py merge", description="Combine shard outputs (folders or journal "
+                                "files) into one sensitivity.json/.md/.png")
+    p.add_argument("inputs", nargs="+", help="shard output folders or journal*.jsonl files")
+    p.add_argument("--out", required=True, help="folder for the merged outputs")
+    p.add_argument("--topk", type=int, default=20)
+    p.add_argument("--recommend", type=int, default=3)
+    p.add_argument("--no-chart", action="store_true")
+    return p
+
+
+def _summary(result: dict) -> str:
+    base = result["baselines"]
+    lines = [f"float {base.get('float', {}).get('metric', float('nan')):.4f}, all quantized "
+             f"{base.get('quantized', {}).get('metric', float('nan')):.4f}; most sensitive:"]
+    lines += [f"  {e['rank']:>3}. {e['unit']:<40} impact {e['impact']:+.4f}" for e in result["entries"][:5]
+              if e["impact"] is not None]
+    if "budget" in result:
+        v = result["budget"]["verification"]
+        lines.append(f"budget: keep {result['budget']['selected']} float -> {v['metric']:.4f} (gap {v['gap']:+.4f}, "
+                     f"{'within' if v['within_budget'] else 'NOT within'} budget)")
+    if result.get("output_dir"):
+        lines.append(f"wrote {result['output_dir']}/sensitivity.json, .md, .png, sensitivity_config.yaml")
+    return "\n".join(lines)
+
+
+def merge_main(argv) -> int:
+    from qdqtorch.sensitivity import merge_outputs
+    args = merge_parser().parse_args(argv)
+    result = merge_outputs(args.inputs, args.out, topk=args.topk, recommend=args.recommend, chart=not args.no_chart)
+    if result["missing"]:
+        print(f"warning: {len(result['missing'])} unit(s) have no result (a shard missing?): "
+              f"{result['missing'][:5]}", file=sys.stderr)
+    print(_summary(result))
+    return 0
+
+
+def run_main(argv) -> int:
+    import os
+
+    import torch
+    from qdqtorch.pipeline import PTQSettings
+    from qdqtorch.quantize import load_config_file
+    from qdqtorch.sensitivity import SweepSettings, parse_shard, run_sensitivity
+    from qdqtorch.sensitivity import distributed as D
+    from qdqtorch.sensitivity.session import build_session
+
+    args = vars(run_parser().parse_args(argv))
+    sweep_keys = ("out", "metric", "lower_is_better", "mode", "unit", "block_depth", "reference", "topk",
+                  "recommend", "proxy_images", "prefilter", "budget", "budget_max_units", "shard", "fresh",
+                  "no_overlap", "no_chart", "quiet", "calibration", "calib_distributed")
+    sweep = {k: args.pop(k) for k in sweep_keys}
+    config = args.pop("config", None)
+    ptq_args = {k: v for k, v in args.items()}
+    owned = D.init_from_env()
+    try:
+        rank, world = D.rank_and_world()
+        if world > 1 and "device" not in ptq_args and torch.cuda.is_available():
+            ptq_args["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        settings = PTQSettings.from_file(config, **ptq_args) if config else PTQSettings.from_dict(ptq_args)
+        if "scorer" not in ptq_args and (not config or "scorer" not in load_config_file(config)):
+            settings.scorer = "fast"  # same numbers as pycocotools, much faster for hundreds of evaluations
+        if "model" not in ptq_args and not config:
+            raise ValueError("--model is required (or a --config file naming it)")
+        progress = not sweep["quiet"]
+        out = Path(sweep["out"])
+        session = build_session(settings, out, metric=sweep["metric"], proxy_images=sweep["proxy_images"],
+                                calibration=sweep["calibration"], calib_distributed=sweep["calib_distributed"],
+                                higher_is_better=not sweep["lower_is_better"], progress=progress)
+        if rank == 0 and progress:
+            print(f"calibration: {session.calibration_note}", file=sys.stderr)
+        sweep_settings = SweepSettings(
+            mode=sweep["mode"], unit=sweep["unit"], block_depth=sweep["block_depth"], reference=sweep["reference"],
+            topk=sweep["topk"], prefilter=sweep["prefilter"], budget=sweep["budget"],
+            budget_max_units=sweep["budget_max_units"], recommend=sweep["recommend"],
+            shard=parse_shard(sweep["shard"]) if sweep["shard"] else None, overlap=not sweep["no_overlap"],
+            chart=not sweep["no_chart"])
+        result = run_sensitivity(session.model, session.metric, out, sweep_settings,
+                                 proxy_data=session.proxy_batches or None, base_config=session.base_config,
+                                 model_info=session.model_info, extra_settings=session.extra_settings,
+                                 verify_factory=session.verify_factory, fresh=sweep["fresh"], progress=progress)
+    finally:
+        if owned:
+            D.shutdown()
+    if result is not None:
+        if sweep_settings.shard is not None and sweep_settings.shard[1] > 1:
+            print(f"shard {sweep['shard']} done ({len(result['entries'])} unit result(s) here); combine all shards "
+                  f"with: {Path(sys.argv[0]).name} merge {out} [other shard folders] --out MERGED")
+        else:
+            print(_summary(result))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] == "merge":
+            return merge_main(argv[1:])
+        return run_main(argv[1:] if argv and argv[0] == "run" else argv)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
