@@ -1,0 +1,46 @@
+"""Reading images with OpenCV into 8-bit 3-channel BGR arrays, whatever their depth or channel count."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import List, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm", ".jp2")
+
+
+class BadImageError(ValueError):
+    """An image file could not be decoded (missing, corrupt or an unsupported format)."""
+
+
+def read_image(path: Union[str, Path]) -> np.ndarray:
+    """Decode `path` to an (H, W, 3) uint8 BGR array; gray→3 channels, 16-bit→8-bit, alpha dropped.
+
+    Uses cv2.IMREAD_COLOR (as YOLO's own loaders do), which also applies the EXIF orientation and performs the
+    depth/channel conversions; the bytes fallback handles paths cv2.imread cannot open (non-ASCII on Windows).
+    """
+    path = str(path)
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        try:
+            buf = np.fromfile(path, dtype=np.uint8)
+        except OSError as err:
+            raise BadImageError(f"{path}: cannot read file ({err.strerror or err})") from None
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+        if img is None:
+            raise BadImageError(f"{path}: not a decodable image (corrupt or unsupported format)")
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) == 0:
+        raise BadImageError(f"{path}: decoded to an unexpected array {img.dtype}{tuple(img.shape)}")
+    return img
+
+
+def report_bad_images(bad: Sequence[Tuple[str, str]], total: int, what: str = "images", show: int = 5) -> None:
+    """Emit ONE warning listing how many files were skipped and the first few with their reason."""
+    if not bad:
+        return
+    lines: List[str] = [f"  {reason}" for _, reason in bad[:show]]
+    more = f"\n  ... and {len(bad) - show} more" if len(bad) > show else ""
+    warnings.warn(f"skipped {len(bad)} of {total} {what} that could not be read:\n" + "\n".join(lines) + more,
+                  stacklevel=3)
