@@ -1,8 +1,10 @@
 """export_onnx: a calibrated fake-quant model becomes a valid Q/DQ ONNX graph that onnxruntime runs like PyTorch."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,11 +13,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from conftest import YOLOV5_REPO_FIXTURE
+from qdqtorch import QuantConfig, TensorQuantizer, calibrate, quantize_model
 from qdqtorch.export import check_qdq, export_onnx
 from qdqtorch.export.onnx_export import ExportError
-from qdqtorch.nn import TensorQuantizer
-from qdqtorch.quantize.calibrate import calibrate
-from qdqtorch.quantize.replace import quantize_model
 
 AMAX_FLOOR = 1e-7  # qdqtorch.tensor_quant's floor for dead channels; restated as the independent reference
 
@@ -137,11 +138,12 @@ def test_onnxruntime_matches_pytorch_fake_quant_with_another_batch(exported) -> 
 
 
 def _float_output(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer)]
+    quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.is_enabled]
     for q in quantizers:
         q.disable()
     try:
-        return model(x).numpy()
+        with torch.no_grad():
+            return model(x).numpy()
     finally:
         for q in quantizers:
             q.enable()
@@ -181,3 +183,108 @@ def test_bad_arguments(tmp_path) -> None:
         export_onnx(model, torch.randn(1, 4, 16, 16), tmp_path / "b.onnx")
     with pytest.raises(ValueError, match="2 output names"):
         export_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "c.onnx", output_names=("a", "b"))
+
+
+# ---- the real YOLOv5n ------------------------------------------------------------------------------------------
+YOLO_SIZE = 128  # small input keeps tracing/inference fast; a multiple of the max stride 32
+
+
+def _coco_images(coco128_dir: Path, n: int) -> torch.Tensor:
+    """n real COCO images, RGB, resized to YOLO_SIZE square, in [0, 1] (a plain resize is enough here)."""
+    files = sorted((coco128_dir / "images" / "val2017").glob("*.jpg"))[:n]
+    ims = [cv2.resize(cv2.imread(str(f)), (YOLO_SIZE, YOLO_SIZE))[:, :, ::-1].transpose(2, 0, 1) / 255.0
+           for f in files]
+    return torch.tensor(np.stack(ims), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def yolo_export(yolov5n_path, coco128_dir, tmp_path_factory):
+    """YOLOv5n quantized with the default config, max-calibrated on 4 COCO images, exported to ONNX."""
+    from qdqtorch.models import PredictionOnly, load_model
+
+    loaded = load_model(yolov5n_path, repo=YOLOV5_REPO_FIXTURE)
+    quantize_model(loaded.model, QuantConfig(ignore=loaded.default_ignore))
+    images = _coco_images(coco128_dir, 8)
+    calibrate(loaded.model, [images[:4]], 1, progress=False)
+    model = PredictionOnly(loaded.model, loaded.layout)
+    meta = {"stride": loaded.stride, "names": dict(enumerate(loaded.names))}
+    path = export_onnx(model, images[:1], tmp_path_factory.mktemp("yolo") / "yolov5n_qdq.onnx", metadata=meta)
+    return model, path, images[4:], loaded
+
+
+def test_yolov5n_export_passes_the_checker(yolo_export) -> None:
+    model, path, _, loaded = yolo_export
+    report = check_qdq(path)
+    n_convs = sum(type(m).__name__ == "QuantConv2d" for m in model.modules())
+    assert n_convs == 60
+    assert report.ok, str(report)
+    assert report.stats["weighted_ops"] == report.stats["quantized_weighted_ops"] == n_convs
+    # the default config adds no quantizer on residual Adds / Concat inputs: only those performance warnings
+    assert {f.rule for f in report.warnings} <= {"residual-add-unquantized", "scale-mismatch"}
+    assert len(report.by_rule("residual-add-unquantized")) == 7  # YOLOv5n's backbone bottlenecks: 1 + 2 + 3 + 1
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert ast.literal_eval(meta["names"]) == dict(enumerate(loaded.names)) and meta["stride"] == "32"
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_yolov5n_qdq_parameters_equal_the_quantizers(yolo_export) -> None:
+    model, path, _, _ = yolo_export
+    proto = onnx.load(str(path))
+    params = _qdq_params(proto)
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer)]
+    # quantizers of one tensor with equal amax (C3's cv1/cv2 inputs) export as one shared Q/DQ pair: compare sets
+    act = np.unique(np.float32([float(q.amax) / 127 for q in quantizers if q.axis is None]))
+    got = np.unique(np.float32([float(s) for n, s, _ in params if n.op_type == "DequantizeLinear" and s.size == 1]))
+    np.testing.assert_allclose(got, act, rtol=1e-6)
+    # every weight Q/DQ reproduces PyTorch's fake-quantized weight exactly (ONNX rounding: x / scale, half to even)
+    torch_weights = {}
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "QuantConv2d":
+                key = np.round(float(m._weight_quantizer.amax.sum()) / 127, 6)
+                torch_weights[key] = m._weight_quantizer(m.weight).numpy()
+    checked = 0
+    for node, scale, zp in params:
+        if node.op_type != "QuantizeLinear" or scale.size == 1:
+            continue
+        w = inits[node.input[0]]
+        s = scale.reshape(-1, 1, 1, 1)
+        onnx_fq = np.clip(np.round(w / s), -128, 127) * s  # np.round is half-to-even like ONNX
+        np.testing.assert_array_equal(onnx_fq, torch_weights[np.round(float(scale.sum()), 6)])
+        checked += 1
+    assert checked == 60
+
+
+def test_yolov5n_onnxruntime_agrees_with_pytorch(yolo_export) -> None:
+    model, path, images, _ = yolo_export
+    proto = onnx.load(str(path))
+    first_conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    proto.graph.output.append(onnx.ValueInfoProto(name=first_conv.output[0]))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    out, conv0 = sess.run(None, {"images": images.numpy()})  # batch 4 through a graph traced at batch 1
+    seen: dict[str, np.ndarray] = {}
+
+    def keep(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        seen["conv0"] = output.detach().numpy()
+
+    first_qconv = next(m for m in model.modules() if type(m).__name__ == "QuantConv2d")
+    handle = first_qconv.register_forward_hook(keep)
+    with torch.no_grad():
+        ref = model(images).numpy()
+    handle.remove()
+    float_ref = _float_output(model, images)
+    assert out.shape == ref.shape == (4, 3 * (16 * 16 + 8 * 8 + 4 * 4), 85)
+    # the first quantized conv (input Q/DQ, per-channel weight Q/DQ) matches to float32 accumulation noise
+    np.testing.assert_allclose(conv0, seen["conv0"], atol=1e-4 * np.abs(seen["conv0"]).max())
+    # deeper down, activations lying on a rounding tie (x / scale = k + 0.5 up to float32 noise, which differs
+    # between the two conv implementations) round to neighbouring codes and the flips spread; the export is
+    # still far closer to the PyTorch fake-quant model than quantization itself moves it from float
+    export_err = np.abs(out - ref).mean()
+    quant_err = np.abs(ref - float_ref).mean()
+    print(f"yolov5n@{YOLO_SIZE}: mean |onnxruntime - torch fake-quant| {export_err:.4g}, "
+          f"mean |fake-quant - float| {quant_err:.4g}, max {np.abs(out - ref).max():.3g}")
+    assert export_err < quant_err
+    conf = (slice(None), slice(None), slice(4, None))
+    assert np.corrcoef(out[conf].ravel(), ref[conf].ravel())[0, 1] > 0.98

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import onnx
 import torch
@@ -89,6 +90,37 @@ def _torchscript_export(model: nn.Module, args: tuple, path: Path, opset: int, i
             raise
 
 
+@contextmanager
+def _weights_on_the_grid(model: nn.Module) -> Iterator[int]:
+    """Temporarily replace each 8-bit-quantized weight by its fake-quantized value (codes times scale).
+
+    Why: PyTorch's fake-quant kernel rounds ``w * (1/scale)`` while ONNX QuantizeLinear (and TensorRT) round
+    ``w / scale``; for weights that sit on a rounding tie (common with FP16-trained checkpoints, whose weights and
+    per-channel amax have few mantissa bits) the two give codes one step apart. Values already on the grid quantize
+    to the same code under any rounding, so the exported weights reproduce PyTorch's exactly. Yields the count.
+    """
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seen: set[int] = set()
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                q = getattr(module, "_weight_quantizer", None)
+                weight = getattr(module, "weight", None)
+                if (not isinstance(q, TensorQuantizer) or not isinstance(weight, torch.Tensor) or id(weight) in seen
+                        or not q.is_enabled or not getattr(q, "_if_quant", True) or q.num_bits != 8
+                        or not q.fake_quant or q.amax is None):
+                    continue
+                seen.add(id(weight))
+                gridded = q(weight)
+                saved.append((weight, weight.detach().clone()))
+                weight.copy_(gridded)
+        yield len(saved)
+    finally:
+        with torch.no_grad():
+            for weight, original in saved:
+                weight.copy_(original)
+
+
 def _restore_modes(model: nn.Module, modes: dict[str, bool]) -> None:
     for name, module in model.named_modules():
         if name in modes:
@@ -135,7 +167,8 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
                 raise ValueError(f"export_onnx: {len(output_names)} output names for {len(outputs)} output(s)")
             out_names = list(output_names) + [f"output{i}" for i in range(len(output_names), len(outputs))]
             dynamic_axes = {n: {0: "batch"} for n in [*input_names, *out_names]} if dynamic_batch else None
-            _torchscript_export(model, args, path, opset, list(input_names), out_names, dynamic_axes)
+            with _weights_on_the_grid(model):
+                _torchscript_export(model, args, path, opset, list(input_names), out_names, dynamic_axes)
     finally:
         _restore_modes(model, modes)
 
