@@ -300,6 +300,19 @@ def test_constant_nodes_are_resolved_like_initializers() -> None:
     assert rules(report) == {("zero-point-nonzero", "error", "x_in.Q"), ("zero-point-nonzero", "error", "x_in.DQ")}
 
 
+def test_ops_inside_model_local_functions_are_checked() -> None:
+    g = clean_graph()
+    conv2 = g.find("conv2")
+    g.nodes[g.nodes.index(conv2)] = helper.make_node("Block", ["r1q", "w2"], ["c2"], name="block", domain="local")
+    fn = helper.make_function("local", "Block", ["a", "w"], ["y"], [helper.make_node("Conv", ["a", "w"], ["y"])],
+                              [helper.make_opsetid("", 13)])
+    model = g.model()
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.functions.append(fn)
+    report = check_qdq(model)
+    assert [(f.rule, f.tensor) for f in report.findings] == [("unquantized-weight", "w2")]
+
+
 def test_fp16_request_flags_float32_tensors() -> None:
     report = check_qdq(clean_graph().model(), fp16=True)
     fp32 = {f.tensor: f for f in report.by_rule("fp32-tensor")}

@@ -175,6 +175,18 @@ def test_disabled_quantizers_export_as_float_and_the_checker_names_them(tmp_path
                                                          ("unquantized-weight", conv2.name)}
 
 
+def test_unsigned_quantizer_is_warned_about_and_flagged_by_the_checker(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Toy().eval()
+    quantize_model(model, QuantConfig(overrides=[{"c1": {"input": {"unsigned": True}}}]))
+    calibrate(model, [torch.rand(4, 3, 16, 16)], 1, progress=False)
+    with pytest.warns(UserWarning, match=r"uint8 Q/DQ.*c1\._input_quantizer"):
+        path = export_onnx(model, torch.rand(1, 3, 16, 16), tmp_path / "u8.onnx")
+    report = check_qdq(path)
+    assert [f.rule for f in report.errors] == ["zero-point-type"] * 2  # its Q and its DQ
+    assert all("c1/_input_quantizer" in f.node and "UINT8" in f.message for f in report.errors)
+
+
 def test_bad_arguments(tmp_path) -> None:
     model = _calibrated_toy()
     with pytest.raises(ValueError, match="opset 11"):

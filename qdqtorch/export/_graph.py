@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import numpy_helper
 
 # Ops that move or re-view a tensor without changing its values; a weight or activation may reach its
@@ -31,16 +33,12 @@ def load_model(path_or_model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelP
     return model, str(path)
 
 
-def _attr_value(node: onnx.NodeProto, name: str, default=None):
+def get_attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """Value of a node attribute, or default when absent."""
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
-
-
-def get_attr(node: onnx.NodeProto, name: str, default=None):
-    """Value of a node attribute, or default when absent."""
-    return _attr_value(node, name, default)
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -84,6 +82,7 @@ class GraphIndex:
         self.graph_inputs = {v.name for v in self.graph.input} - set(self.initializers)
         self.graph_outputs = {v.name for v in self.graph.output}
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self._shapes: dict[str, tuple[int | None, ...]] = {}
         self.elem_type = self._collect_elem_types(model)
 
     # -- naming -----------------------------------------------------------------------------------------------
@@ -160,12 +159,12 @@ class GraphIndex:
 
     # -- types ------------------------------------------------------------------------------------------------
     def _collect_elem_types(self, model: onnx.ModelProto) -> dict[str, int]:
+        """Element types of all typed tensors (after shape inference); also fills the static shapes."""
         try:
             inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
         except Exception:  # inference is best effort (custom ops, >2 GB models); fall back to stored value_info
             inferred = model
         types: dict[str, int] = {}
-        self._shapes: dict[str, tuple[int | None, ...]] = {}
         g = inferred.graph
         for vi in [*g.input, *g.output, *g.value_info]:
             tt = vi.type.tensor_type

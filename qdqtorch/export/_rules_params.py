@@ -16,7 +16,7 @@ def _type_name(elem_type: int) -> str:
     return onnx.TensorProto.DataType.Name(elem_type) if elem_type else "unknown"
 
 
-def output_channel_axis(g: GraphIndex, op: onnx.NodeProto, weight_rank: int | None) -> int | None:
+def output_channel_axis(op: onnx.NodeProto, weight_rank: int | None) -> int | None:
     """Axis of the weight input holding output channels: Conv 0, ConvTranspose 1, Gemm by transB, MatMul last."""
     if op.op_type == "Conv":
         return 0
@@ -73,9 +73,10 @@ def check_params(g: GraphIndex, report: QdqReport) -> None:
             if zp is None:
                 report.add("zero-point-not-constant", ERROR, name, zp_name, "zero point is not a constant")
             elif np.any(np.asarray(zp) != 0):
+                example = np.asarray(zp).flat[np.flatnonzero(zp)[0]]
                 report.add("zero-point-nonzero", ERROR, name, zp_name,
-                           f"zero point has {int(np.count_nonzero(zp))} non-zero value(s) "
-                           f"(e.g. {np.asarray(zp).flat[np.flatnonzero(zp)[0]]}); TensorRT needs symmetric zero point 0")
+                           f"zero point has {int(np.count_nonzero(zp))} non-zero value(s) (e.g. {example}); "
+                           f"TensorRT needs symmetric zero point 0")
         if node.op_type == "DequantizeLinear":
             _check_pair(g, report, node, scale)
     _check_weight_axes(g, report)
@@ -91,7 +92,8 @@ def _check_pair(g: GraphIndex, report: QdqReport, dq: onnx.NodeProto, dq_scale: 
     if q_scale is not None and dq_scale is not None and (
             q_scale.shape != dq_scale.shape or not np.allclose(q_scale, dq_scale, rtol=1e-6, atol=0, equal_nan=True)):
         mismatch.append("scale")
-    if np.asarray(q_scale if q_scale is not None else 0).size > 1 and get_attr(q, "axis", 1) != get_attr(dq, "axis", 1):
+    per_channel = q_scale is not None and q_scale.size > 1
+    if per_channel and get_attr(q, "axis", 1) != get_attr(dq, "axis", 1):
         mismatch.append("axis")
     if mismatch:
         report.add("qdq-pair-mismatch", ERROR, g.name(dq), dq.input[0],
@@ -112,7 +114,7 @@ def _check_weight_axes(g: GraphIndex, report: QdqReport) -> None:
         rank = len(wshape) if wshape is not None else None
         if op.op_type == "MatMul" and not g.from_constant(dq.input[0]):
             continue  # activation x activation MatMul: handled by the activation rule
-        expected = output_channel_axis(g, op, rank)
+        expected = output_channel_axis(op, rank)
         axis = get_attr(dq, "axis", 1)
         if rank is not None and axis < 0:
             axis += rank

@@ -12,6 +12,9 @@ deprecation warning), and it is the one used here because, as checked with torch
   * tracing handles models with Python-side control flow (YOLO heads), and ``dynamic_axes`` gives a symbolic
     batch dimension.
 If a future torch drops the TorchScript exporter, export_onnx says so instead of failing deep inside torch.
+
+Quantized weights are written already on their int8 grid (see `_weights_on_the_grid`), so every ONNX consumer
+(onnxruntime, TensorRT) recovers exactly the integer codes PyTorch used.
 """
 from __future__ import annotations
 
@@ -46,6 +49,16 @@ def _quantizer_problems(model: nn.Module) -> list[str]:
         elif getattr(q, "_if_quant", True) and q.amax is None:
             problems.append(f"{label} (enabled but not calibrated: no amax)")
     return problems
+
+
+def _warn_unsupported(model: nn.Module) -> None:
+    """Warn about enabled quantizers that export, but not as the int8 Q/DQ TensorRT builds."""
+    unsigned = [q.name or n for n, q in model.named_modules()
+                if isinstance(q, TensorQuantizer) and q.is_enabled and q.num_bits == 8 and q.unsigned]
+    if unsigned:
+        warnings.warn(f"export_onnx: {len(unsigned)} unsigned quantizer(s) export as uint8 Q/DQ, which TensorRT "
+                      f"rejects (it needs int8 with zero point 0): {', '.join(unsigned[:10])}"
+                      + (" ..." if len(unsigned) > 10 else ""), stacklevel=3)
 
 
 def _flat_tensors(output: Any) -> list[torch.Tensor]:
@@ -134,7 +147,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
 
     `sample` is one input tensor or a tuple of them (its batch size does not matter with dynamic_batch).
     Metadata values are written with str() (Ultralytics reads them back with ast.literal_eval). Outputs beyond
-    `output_names` are named output1, output2, ...; the model's train/eval modes are restored afterwards.
+    `output_names` get the next free names output1, output2, ...; the model's train/eval modes are restored.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"export_onnx: opset {opset} is too old; per-channel Q/DQ needs opset >= {MIN_OPSET}")
@@ -148,6 +161,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
         raise ExportError("export_onnx: cannot export, these quantizers have no usable amax:\n  "
                           + "\n  ".join(problems)
                           + "\nCalibrate the model (qdqtorch.calibrate), load a calibration, or disable them.")
+    _warn_unsupported(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -165,7 +179,9 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
                 raise ExportError("export_onnx: the model returned no tensors")
             if len(output_names) > len(outputs):
                 raise ValueError(f"export_onnx: {len(output_names)} output names for {len(outputs)} output(s)")
-            out_names = list(output_names) + [f"output{i}" for i in range(len(output_names), len(outputs))]
+            out_names = list(output_names)
+            extra = (f"output{i}" for i in range(len(outputs) * 2) if f"output{i}" not in output_names)
+            out_names += [next(extra) for _ in range(len(outputs) - len(output_names))]
             dynamic_axes = {n: {0: "batch"} for n in [*input_names, *out_names]} if dynamic_batch else None
             with _weights_on_the_grid(model):
                 _torchscript_export(model, args, path, opset, list(input_names), out_names, dynamic_axes)
