@@ -1,0 +1,363 @@
+"""apply_tensorrt_rules: trace a quantized model, tie quantizers that TensorRT needs on one scale, quantize Concat
+inputs and residual shortcuts, switch off quantizers in the head's decoding tail."""
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..descriptor import QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
+from ..nn import TensorQuantizer
+from ..quantize.control import named_quantizers, weight_quantizer_ids
+from ..quantize.replace import name_quantizers
+from . import ops
+from .analysis import Plan, analyze
+from .report import RulesReport, TiedGroup
+from .tied import TiedQuantizer, input_attr, output_attr, quantize_input, quantize_output
+from .trace import Graph, ModuleCall, trace_graph
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, TensorQuantizer)
+_TIED_FIELDS = ("num_bits", "axis", "unsigned", "narrow_range", "fake_quant", "learn_amax", "amax")
+Location = Tuple[nn.Module, str, str]  # (parent module, attribute, dotted path)
+
+
+def _locations(model: nn.Module) -> Dict[int, List[Location]]:
+    """Every place (parent, attribute) where each quantizer object is registered."""
+    found: Dict[int, List[Location]] = defaultdict(list)
+    seen: Set[Tuple[int, str]] = set()
+    for parent_name, parent in model.named_modules(remove_duplicate=False):
+        for attr, child in parent._modules.items():
+            if isinstance(child, TensorQuantizer) and (id(parent), attr) not in seen:
+                seen.add((id(parent), attr))
+                found[id(child)].append((parent, attr, f"{parent_name}.{attr}" if parent_name else attr))
+    return found
+
+
+def _describe(g: Graph, value: int) -> str:
+    node = g.producer(value)
+    if node is None:
+        return f"<{g.values[value].origin or 'tensor'} {value}>"
+    if node.kind == "quant":
+        return f"{node.meta.get('path', '?')}(...)"
+    return f"{node.target}@{node.module or '<model>'}"
+
+
+Placement = Tuple[str, ModuleCall, Optional[int]]  # ("output" | "input", module call, tuple index / argument)
+
+
+class _Placer:
+    """Finds module hooks that quantize a tensor: on the output of the module that makes it (all consumers see it),
+    or on the input of the module that uses it."""
+
+    def __init__(self, g: Graph, plan: Plan) -> None:
+        self.g, self.plan = g, plan
+        self.returned_by: Dict[int, List[Tuple[ModuleCall, Tuple[int, ...]]]] = defaultdict(list)
+        self.passed_to: Dict[int, List[Tuple[ModuleCall, Tuple[int, ...]]]] = defaultdict(list)
+        self.calls_of: Dict[int, List[ModuleCall]] = defaultdict(list)
+        for call in g.calls:  # calls end innermost first
+            self.calls_of[call.module_id].append(call)
+            for pos, vid in call.outputs:
+                self.returned_by[vid].append((call, pos))
+            for pos, vid in call.args:
+                self.passed_to[vid].append((call, pos))
+
+    def _same_class_every_call(self, call: ModuleCall, pos: Tuple[int, ...], value: int, outputs: bool) -> bool:
+        """A hook fires on every call of the module: each call's tensor at `pos` must be in the value's class."""
+        cls = self.plan.cls(value)
+        for other in self.calls_of[call.module_id]:
+            found = [vid for p, vid in (other.outputs if outputs else other.args) if p == pos]
+            if not other.simple or not found or self.plan.cls(found[0]) != cls:
+                return False
+        return True
+
+    def _output_ok(self, call: ModuleCall, pos: Tuple[int, ...], value: int) -> bool:
+        module = self.g.modules[call.module_id]
+        producer = self.g.values[value].producer
+        if isinstance(module, _CONTAINERS) or not call.simple or producer is None:
+            return False
+        if not call.start <= producer < call.end:  # returned an outside tensor (Identity, in-place helpers)
+            return False
+        if any(c < call.end for c in self.g.values[value].consumers):  # used inside the module before returning
+            return False
+        return self._same_class_every_call(call, pos, value, outputs=True)
+
+    def at_output(self, value: int) -> Optional[List[Placement]]:
+        """Hook the innermost module that makes `value` and returns it."""
+        for call, pos in self.returned_by.get(value, []):
+            if self._output_ok(call, pos, value):
+                return [("output", call, pos[0] if pos else None)]
+        return None
+
+    def at_input(self, value: int, consumer: Optional[int]) -> Optional[List[Placement]]:
+        """Hook the innermost module that receives `value` as a positional argument and runs `consumer`."""
+        if consumer is None:
+            return None
+        candidates = [(call, pos) for call, pos in self.passed_to.get(value, [])
+                      if call.start <= consumer < call.end and len(pos) == 1]
+        for call, pos in sorted(candidates, key=lambda cp: -cp[0].start):
+            module = self.g.modules[call.module_id]
+            if isinstance(module, _CONTAINERS):
+                continue
+            # every call must pass a tensor of this class there; arguments are recorded only as top-level items
+            if all(any(p == pos and self.plan.cls(v) == self.plan.cls(value) for p, v in other.args)
+                   for other in self.calls_of[call.module_id]):
+                return [("input", call, pos[0])]
+        return None
+
+    def upstream(self, value: int, depth: int = 0) -> Optional[List[Placement]]:
+        """Quantize what `value` is sliced/pooled/concatenated from (then `value` is on the same grid)."""
+        found = self.at_output(value)
+        if found is not None:
+            return found
+        node = self.g.producer(value)
+        if node is None or node.kind != "op" or depth > 32:
+            return None
+        if node.target in ops.SCALE_PRESERVING:
+            return self.upstream(node.inputs[0], depth + 1)
+        if node.target in ops.CONCAT:
+            found = []
+            for v in node.inputs:
+                sub = self.upstream(v, depth + 1)
+                if sub is None:
+                    return None
+                found += sub
+            return found
+        return None
+
+    def place(self, value: int, consumer: Optional[int], exact: bool) -> Optional[List[Placement]]:
+        """Where to quantize `value`; `exact` (residual shortcuts) prefers the consuming module's input over an
+        upstream tensor, so that the consumer reads a DequantizeLinear output directly."""
+        order = (self.at_output, lambda v: self.at_input(v, consumer), self.upstream) if exact else (
+            self.at_output, self.upstream, lambda v: self.at_input(v, consumer))
+        for attempt in order:
+            found = attempt(value)
+            if found is not None:
+                return found
+        return None
+
+
+def _incompatible(quantizers: Sequence[TensorQuantizer]) -> Optional[str]:
+    ref = quantizers[0]
+    if ref.axis is not None:
+        return f"{ref.label} is per-channel (axis={ref.axis}); only per-tensor activation quantizers can be tied"
+    for q in quantizers[1:]:
+        for f in _TIED_FIELDS:
+            if getattr(q.desc, f) != getattr(ref.desc, f):
+                return (f"{q.label} has {f}={getattr(q.desc, f)!r} but {ref.label} has {getattr(ref.desc, f)!r}; "
+                        "give them the same descriptor (QuantConfig.overrides) to tie them")
+    return None
+
+
+def _shared_quantizer(objs: List[TensorQuantizer], desc: QuantDescriptor, device: torch.device) -> TensorQuantizer:
+    """The one quantizer of a group: the existing one when already tied, else a TiedQuantizer that takes over the
+    members' modes, calibrator statistics (merged) and amax (max)."""
+    if len(objs) == 1 and isinstance(objs[0], TiedQuantizer):
+        return objs[0]
+    src = objs[0] if objs else None
+    shared = TiedQuantizer(src.desc if src is not None else desc)
+    if src is not None:
+        shared._if_quant, shared._if_calib = src._if_quant, src._if_calib
+        if src._calibrator is not None:
+            shared._calibrator = copy.deepcopy(src._calibrator)
+            for q in objs[1:]:
+                same_kind = type(q._calibrator) is type(shared._calibrator)
+                if same_kind and q._calibrator.num_collected:
+                    shared._calibrator.merge_(q._calibrator)
+        amaxes = [q.amax for q in objs if q.amax is not None]
+        if amaxes and src.desc.amax is None:
+            warnings.warn(f"apply_tensorrt_rules: {src.label} and its group were already calibrated; the tied "
+                          "quantizer takes the largest amax. Apply the rules before calibration and recalibrate.",
+                          stacklevel=3)
+            shared.amax = torch.stack([a.detach().float().cpu().reshape(()) for a in amaxes]).max()
+    return shared.to(device)
+
+
+def _reasons(plan: Plan, cls: int, insert: List[int]) -> Tuple[List[str], List[str]]:
+    g = plan.graph
+    reasons, op_names = [], []
+    for node in plan.ops.get(cls, []):
+        reasons.append(ops.category(node.target))
+        op_names.append(f"{node.target}@{node.module or '<model>'}")
+    per_value: Dict[int, int] = defaultdict(int)
+    for n in plan.members.get(cls, []):
+        per_value[n.inputs[0]] += 1
+    for v in insert:
+        per_value[v] += 1
+    if any(k > 1 for k in per_value.values()):
+        reasons.append("shared-tensor")
+    if any(v in plan.residual_values for v in per_value):
+        reasons.append("residual")
+    return sorted(set(reasons)), list(dict.fromkeys(op_names))
+
+
+def _default_desc(model: nn.Module, weight_ids: Set[int]) -> QuantDescriptor:
+    for _, q in named_quantizers(model):
+        if id(q) not in weight_ids and q.is_enabled and q.axis is None:
+            return q.desc.replace(amax=None)
+    return QUANT_DESC_8BIT_PER_TENSOR
+
+
+def _disable_float_modules(model: nn.Module, float_modules: Sequence[str], report: RulesReport) -> None:
+    for name, module in model.named_modules():
+        if type(module).__name__ not in float_modules:
+            continue
+        for sub, q in module.named_modules():
+            if isinstance(q, TensorQuantizer) and q.is_enabled:
+                q.disable()
+                report.disabled.append((f"{name}.{sub}", f"inside {type(module).__name__}, kept float by rule "
+                                                          "(float_modules)"))
+
+
+def _hook(host: nn.Module, kind: str, index: Optional[int], shared: TensorQuantizer,
+          hooked: Dict[Tuple[int, str, Optional[int]], TensorQuantizer]) -> Optional[bool]:
+    """Store `shared` on `host` and register the hook applying it; True when added, False when this group already
+    hooked it, None when another quantizer is there."""
+    key = (id(host), kind, index)
+    if key in hooked:
+        return False if hooked[key] is shared else None
+    attr = output_attr(index) if kind == "output" else input_attr(index)
+    existing = host._modules.get(attr)
+    if existing is not None and existing is not shared:
+        return None
+    setattr(host, attr, shared)
+    if existing is None:
+        if kind == "output":
+            host.register_forward_hook(functools.partial(quantize_output, index=index))
+        else:
+            host.register_forward_pre_hook(functools.partial(quantize_input, index=index))
+    hooked[key] = shared
+    return True
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    t = next(iter(model.parameters()), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
+def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Sequence[torch.Tensor]], *,
+                         quant_desc: Optional[QuantDescriptor] = None, float_modules: Sequence[str] = ("DFL",),
+                         verify: bool = True) -> RulesReport:
+    """Make a quantized model's Q/DQ placement one that TensorRT fuses; call after `quantize_model`, before
+    calibration. Changes the model in place and returns a `RulesReport` listing every tied group.
+
+    The model is traced once on `example_input` (any input it accepts; values do not matter), then:
+    1. all inputs of each Concat and the quantizers reading its output share one quantizer (one amax), inputs not
+       yet quantized get a quantization point at the module that produces them;
+    2. MaxPool, Upsample/Resize and reshaping ops: input and output quantizers share one quantizer;
+    3. residual Adds: the input that TensorRT fuses into its conv stays float, the other input is quantized (with
+       the quantizer of the other consumers of that tensor);
+    4. quantizers after the last quantized weighted op (detection-head decoding, sigmoid tails) and inside modules
+       whose class name is in `float_modules` (DFL) are disabled; weighted-op outputs are only quantized where a
+       Concat or residual needs them in int8.
+    Tying shares one TiedQuantizer object, so calibration (collect_stats / compute_amax / calibrate) sees the union of
+    the members' statistics and every member reads the same amax. New quantizers use `quant_desc` (default: the
+    descriptor of the model's first activation quantizer). Apply again with the same input before loading a saved
+    calibration into a fresh model. `verify` re-traces the result and reports anything left undone.
+    """
+    if not any(True for _ in named_quantizers(model)):
+        raise ValueError("apply_tensorrt_rules: the model has no TensorQuantizer; run quantize_model first")
+    report = RulesReport()
+    _disable_float_modules(model, float_modules, report)
+    weight_ids = weight_quantizer_ids(model)
+    desc = quant_desc if quant_desc is not None else _default_desc(model, weight_ids)
+    device = _model_device(model)
+    g = trace_graph(model, example_input)
+    plan = analyze(g, weight_ids)
+    locations = _locations(model)
+    report.stats = {"traced_ops": sum(n.kind == "op" for n in g.nodes), "quantizer_calls": sum(
+        n.kind == "quant" for n in g.nodes), "tail_ops": len(plan.tail), "concats": sum(
+        n.kind == "op" and n.target in ops.CONCAT and n.index not in plan.tail for n in g.nodes)}
+
+    member_ids = {id(n.quantizer) for nodes in plan.members.values() for n in nodes}
+    for node, why in plan.disable:
+        q = node.quantizer
+        for parent, attr, path in locations.get(id(q), []):
+            if id(q) in member_ids:  # shared with live sites: switch off only the site the rule is about
+                if path.rsplit(".", 1)[0] != node.module:
+                    continue
+                off = TensorQuantizer(q.desc, name=path, disabled=True).to(device)
+                setattr(parent, attr, off)
+            report.disabled.append((path, why))
+        if id(q) not in member_ids:
+            q.disable()
+
+    placer = _Placer(g, plan)
+    hooked: Dict[Tuple[int, str, Optional[int]], TensorQuantizer] = {}
+    group_of_value: Dict[int, TiedGroup] = {}
+    for cls in sorted(set(plan.members) | set(plan.insert)):
+        members, insert = plan.members.get(cls, []), plan.insert.get(cls, [])
+        objs = list({id(n.quantizer): n.quantizer for n in members}.values())
+        if not insert and len(objs) <= 1:
+            continue
+        problem = _incompatible(objs) if objs else None
+        if problem:
+            report.skipped.append((f"tie of {', '.join(q.label for q in objs)}", problem))
+            continue
+        shared = _shared_quantizer(objs, desc, device)
+        sites: List[str] = []
+        for q in objs:
+            for parent, attr, path in locations.get(id(q), []):
+                if parent._modules.get(attr) is q:
+                    setattr(parent, attr, shared)
+                sites.append(path)
+        for v in insert:
+            placements = placer.place(v, plan.consumer.get(v), exact=v in plan.residual_values)
+            if placements is None and v in plan.optional:
+                continue
+            if placements is None:
+                report.skipped.append((_describe(g, v), "no module makes or receives this tensor, so it cannot be "
+                                                        "quantized by a hook; wrap the op that makes it in a module"))
+                continue
+            for kind, call, index in placements:
+                site = _hook(g.modules[call.module_id], kind, index, shared, hooked)
+                if site is None:
+                    report.skipped.append((f"{call.path}:{kind}", "already quantized by another group"))
+                elif site:
+                    sites.append(f"{call.path or '<model>'}:{kind}" + ("" if index is None else f"[{index}]"))
+        sites = list(dict.fromkeys(sites))
+        if not sites:
+            continue
+        if not shared.name:
+            shared.name = sites[0]
+        reasons, op_names = _reasons(plan, cls, insert)
+        group = TiedGroup(shared.name, sites, reasons, op_names, shared)
+        report.groups.append(group)
+        for v in [*insert, *(n.inputs[0] for n in members)]:
+            group_of_value[v] = group
+    name_quantizers(model)
+    for group in report.groups:
+        group.name = group.quantizer.name
+
+    for r in plan.residuals:
+        quantized = [group_of_value[v].name if v in group_of_value else _describe(g, v) for v in r.quantize]
+        report.residual_adds.append({"add": f"{r.node.target}@{r.node.module or '<model>'}",
+                                     "quantized": ", ".join(quantized),
+                                     "fused": "none (neither input can fuse)" if r.conv is None
+                                     else f"{g.nodes[r.conv].target}@{g.nodes[r.conv].module}"})
+    if verify:
+        _verify(model, example_input, weight_ids, report)
+    return report
+
+
+def _verify(model: nn.Module, example_input, weight_ids: Set[int], report: RulesReport) -> None:
+    """Re-trace and report Concat inputs / shortcuts still unquantized and classes still using several quantizers."""
+    g = trace_graph(model, example_input)
+    plan = analyze(g, weight_ids)
+    for values in plan.insert.values():
+        for v in values:
+            if v in plan.optional:
+                continue
+            entry = (_describe(g, v), "still not quantized after applying the rules")
+            if entry not in report.skipped and not any(s[0] == entry[0] for s in report.skipped):
+                report.skipped.append(entry)
+    for nodes in plan.members.values():
+        objs = {id(n.quantizer): n.quantizer for n in nodes}
+        if len(objs) > 1:
+            labels = sorted(q.label for q in objs.values())
+            if not any(labels[0] in s[0] for s in report.skipped):
+                report.skipped.append((", ".join(labels), "still separate quantizers on one scale class"))
