@@ -320,3 +320,24 @@ def test_evaluate_real_yolov5n(yolov5n, coco128_dir):
     fast = es.scorer("fast").score(ref.detections)          # same detections, the other scorer
     assert fast.map50_95 == pytest.approx(ref.map50_95, abs=1e-4)
     assert fast.map50 == pytest.approx(ref.map50, abs=1e-4)
+
+
+def test_eval_set_from_coco_json(coco128_dir):
+    """Images matched to the real instances json (with crowd boxes); an oracle scores 1 through the letterbox."""
+    es = EvalSet.from_coco_json(coco128_dir / "images" / "train2017",
+                                coco128_dir / "annotations" / "instances_train2017.json", Preprocess.yolo(128),
+                                num_images=6, progress=False)
+    assert len(es) == 6 and es.category_ids == COCO80_TO_91 and es.names == COCO80_NAMES
+    assert {im["id"] for im in es.gt["images"]} == set(es.image_ids)
+    assert all(a["image_id"] in es.image_ids for a in es.gt["annotations"])
+    assert es.images.shape == (6, 3, 128, 128)
+    res = evaluate(_oracle_for(es, "yolov5"), es, layout="yolov5", scorer="fast", progress=False)
+    assert res.map50_95 == pytest.approx(1.0)
+
+
+def test_eval_set_without_labels_is_an_error(tmp_path):
+    img = tmp_path / "images" / "a.jpg"
+    img.parent.mkdir()
+    cv2.imwrite(str(img), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match="no YOLO label files"):
+        EvalSet.from_yolo(img.parent, Preprocess.yolo(64), progress=False)

@@ -11,7 +11,7 @@ from .hooks import load_hook
 from .image_io import BadImageError, read_image
 from .preprocess import Preprocess
 from .sources import TENSOR_EXTENSIONS, Source, resolve_source
-from .tensor_io import TensorFileError, load_tensor_sample, tensor_file_array
+from .tensor_io import load_tensor_sample, tensor_file_array
 from .transforms import preprocess_image
 
 # One failed sample: (dataset index, file path, reason).
@@ -27,10 +27,11 @@ class CalibrationDataset(Dataset):
     def __init__(self, source: Source, preprocess: Union[Preprocess, dict, None] = None, split: str = "train"):
         self.preprocess = Preprocess.from_dict(preprocess or {})
         self.files = resolve_source(source, split)
-        self._hook = load_hook(self.preprocess.hook) if self.preprocess.hook else None
+        if self.preprocess.hook:
+            load_hook(self.preprocess.hook)     # fail now on a bad hook; workers re-import it by name (picklable)
         self.items: List[Tuple[Path, int]] = []
         for f in self.files:
-            if self._hook is None and f.suffix.lower() in TENSOR_EXTENSIONS:
+            if not self.preprocess.hook and f.suffix.lower() in TENSOR_EXTENSIONS:
                 n = tensor_file_array(f, self.preprocess.input_shape).shape[0]
                 self.items.extend((f, i) for i in range(n))
             else:
@@ -54,7 +55,7 @@ class CalibrationDataset(Dataset):
 
     def load_items(self, indices: Sequence[int]) -> Tuple[List[Optional[torch.Tensor]], List[Failure]]:
         """Load several items; unreadable ones come back as None plus a (index, path, reason) failure."""
-        if self._hook is not None:
+        if self.preprocess.hook:
             return self._load_with_hook(indices)
         out: List[Optional[torch.Tensor]] = []
         failures: List[Failure] = []
@@ -70,7 +71,7 @@ class CalibrationDataset(Dataset):
     def _load_with_hook(self, indices: Sequence[int]) -> Tuple[List[Optional[torch.Tensor]], List[Failure]]:
         paths = [str(self.items[i][0]) for i in indices]
         try:
-            batch = self._hook(paths, self.preprocess)
+            batch = load_hook(self.preprocess.hook)(paths, self.preprocess)
         except Exception as err:  # the user's code: report which hook and which files
             raise RuntimeError(f"preprocess hook {self.preprocess.hook!r} failed on {paths[:3]}"
                                f"{' ...' if len(paths) > 3 else ''}: {type(err).__name__}: {err}") from err
@@ -111,4 +112,4 @@ class MultiInputDataset(Dataset):
         return out, failures
 
 
-__all__ = ["CalibrationDataset", "MultiInputDataset", "TensorFileError"]
+__all__ = ["CalibrationDataset", "MultiInputDataset"]

@@ -90,7 +90,8 @@ class Preprocess:
         if any(s == 0 for s in self.std):
             raise PreprocessError(f"preprocess field 'std' must not contain 0, got {self.std!r}")
         if self.hook is not None and (not isinstance(self.hook, str) or ":" not in self.hook):
-            raise PreprocessError(f"preprocess field 'hook' must look like 'path/to/file.py:function', got {self.hook!r}")
+            raise PreprocessError(f"preprocess field 'hook' must look like 'path/to/file.py:function', "
+                                  f"got {self.hook!r}")
 
     # --------------------------------------------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
@@ -110,7 +111,8 @@ class Preprocess:
             if key == "input_shape":        # [C, H, W] or [N, C, H, W]
                 shape = list(value)
                 if len(shape) not in (3, 4):
-                    raise PreprocessError(f"preprocess key 'input_shape' must be [C, H, W] or [N, C, H, W], got {value!r}")
+                    raise PreprocessError(f"preprocess key 'input_shape' must be [C, H, W] or [N, C, H, W], "
+                                          f"got {value!r}")
                 kwargs["channels"], kwargs["imgsz"] = int(shape[-3]), [int(shape[-2]), int(shape[-1])]
                 continue
             name = _ALIASES.get(key, key)
@@ -143,7 +145,8 @@ def _per_channel(name: str, value: Any, channels: int) -> List[float]:
     try:
         values = [float(v) for v in value]
     except (TypeError, ValueError):
-        raise PreprocessError(f"preprocess field {name!r} must be a number or a list of numbers, got {value!r}") from None
+        raise PreprocessError(f"preprocess field {name!r} must be a number or a list of numbers, "
+                              f"got {value!r}") from None
     if len(values) == 1:
         values = values * channels
     if len(values) != channels:

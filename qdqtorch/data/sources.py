@@ -33,7 +33,7 @@ def list_folder(folder: Union[str, Path]) -> List[Path]:
 
 
 def read_list_file(path: Union[str, Path]) -> List[Path]:
-    """Paths listed one per line; relative ones resolve against the list file's folder; blanks and # comments skipped."""
+    """Paths listed one per line, relative ones against the list file's folder; blanks and # comments skipped."""
     path = Path(path)
     base = path.resolve().parent
     out: List[Path] = []

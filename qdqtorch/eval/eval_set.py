@@ -73,7 +73,8 @@ def _load_images(paths: Sequence[Path], pp: Preprocess, workers: int, progress: 
 class EvalSet:
     """Letterboxed uint8 images (colour order per `preprocess`), their transform infos and COCO ground truth.
 
-    Built once (decoding and resizing happen here), then `evaluate` can run hundreds of times on it.
+    Built once (decoding and resizing happen here), then `evaluate` can run hundreds of times on it. Memory:
+    3*H*W bytes per image (1.2 MB at 640; about 6 GB for the 5000 COCO val images).
     `category_ids[c]` is the ground-truth category id of the model's class index `c`.
     """
 
@@ -134,6 +135,11 @@ class EvalSet:
         if coco_ids and len(names) != 80:
             raise ValueError(f"coco_ids=True maps 80 COCO classes to category ids, but {len(names)} names were given")
         category_ids = list(COCO80_TO_91) if coco_ids else list(range(len(names)))
+        label_files = [label_path_for(p, labels) for p in paths]
+        if not any(f.is_file() for f in label_files):
+            raise FileNotFoundError(f"no YOLO label files found for the {len(paths)} images (looked for e.g. "
+                                    f"{label_files[0]}); pass labels=<folder of .txt files>, or use "
+                                    f"EvalSet.from_coco_json for COCO annotations")
         tensors, infos, kept = _load_images(paths, pp, workers, progress)
         paths = [paths[i] for i in kept]
         gt = yolo_to_coco(paths, [info.orig_hw for info in infos], names, category_ids, labels)

@@ -27,7 +27,7 @@ def label_path_for(image_path: PathLike, labels_dir: Optional[PathLike] = None) 
 
 
 def read_yolo_labels(path: PathLike) -> np.ndarray:
-    """(n, 5) float64 rows `class cx cy w h` (normalised); polygon rows become their bounding box; missing file → empty."""
+    """(n, 5) rows `class cx cy w h` (normalised); polygon rows become their bounding box; no file → no rows."""
     path = Path(path)
     if not path.is_file():
         return np.zeros((0, 5))
