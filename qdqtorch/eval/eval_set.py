@@ -91,6 +91,11 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def __repr__(self) -> str:
+        h, w = self.preprocess.hw
+        return (f"EvalSet({len(self)} images at {h}x{w}, {self.num_annotations} boxes, "
+                f"{len(self.category_ids)} classes)")
+
     @property
     def num_annotations(self) -> int:
         """Ground-truth boxes over the evaluated images."""
