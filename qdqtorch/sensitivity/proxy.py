@@ -36,7 +36,7 @@ def _tensors(value: Any) -> List[torch.Tensor]:
 
 
 def _flat(value: Any) -> Optional[torch.Tensor]:
-    parts = [t.detach().reshape(-1).double() for t in _tensors(value)]
+    parts = [t.detach().reshape(-1).float() for t in _tensors(value)]
     return torch.cat(parts) if parts else None
 
 
@@ -67,13 +67,14 @@ class ErrorStats:
     samples: List[torch.Tensor] = field(default_factory=list)
 
     def add(self, f: torch.Tensor, q: torch.Tensor) -> None:
-        """Fold one (float, quantized) pair of flattened float64 outputs in."""
+        """Fold one (float, quantized) pair of flattened outputs in (sums accumulated in float64)."""
         if f.shape != q.shape:
             raise ValueError(f"float and quantized outputs differ in size ({f.numel()} vs {q.numel()})")
-        self.signal += float((f * f).sum())
-        self.noise += float(((q - f) ** 2).sum())
-        self.dot += float((f * q).sum())
-        self.q_energy += float((q * q).sum())
+        d = torch.float64
+        self.signal += float((f * f).sum(dtype=d))
+        self.noise += float(((q - f) ** 2).sum(dtype=d))
+        self.dot += float((f * q).sum(dtype=d))
+        self.q_energy += float((q * q).sum(dtype=d))
         self.count += f.numel()
         if f.numel():
             self.f_min, self.f_max = min(self.f_min, float(f.min())), max(self.f_max, float(f.max()))

@@ -61,8 +61,9 @@ def markdown(result: dict, topk: int = 20) -> str:
                           f"{'within' if v['within_budget'] else 'NOT within'} budget."]
         lines.append("")
     rec = result["recommendation"]
+    how = "budget search" if rec["source"] == "budget" else "top units with positive impact"
     lines += ["## Recommendation", "",
-              f"Keep {len(rec['units'])} unit(s) float ({'budget search' if rec['source'] == 'budget' else 'top units with positive impact'}): "
+              f"Keep {len(rec['units'])} unit(s) float ({how}): "
               + (", ".join(f"`{u}`" for u in rec["units"]) or "none") + ".", "",
               "`QuantConfig.ignore` regexes:", "", "```yaml", "ignore:"]
     lines += [f"  - '{r}'" for r in rec["ignore"]] or ["  []"]

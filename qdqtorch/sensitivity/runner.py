@@ -6,22 +6,23 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
 from . import distributed as D
 from .budget import parse_budget, select_within_budget
 from .fingerprint import json_fingerprint, model_fingerprint
-from .jobs import FLOAT, MODES, QUANTIZED, baseline_jobs, enabled_quantizers, float_set_job, shard_of, unit_jobs
+from .jobs import (FLOAT, MODES, QUANTIZED, baseline_jobs, enabled_quantizers, float_set_job, shard_of,
+                   unit_jobs)
 from .journal import FingerprintMismatch, Journal, discard, journal_paths, load_results, read_journal
 from .metric import Metric, as_metric, check_value
-from .proxy import ProxyResult, proxy_markdown, proxy_pass
-from .report import write_outputs
-from .sweep import Evaluator
-from .result import build_result
-from .units import Unit, find_units
+from .proxy import proxy_markdown, proxy_pass
 from ..quantize import atomic_write_text
+from .report import write_outputs
+from .result import build_result
+from .sweep import Evaluator
+from .units import Unit, find_units
 
 
 @dataclass
@@ -40,6 +41,7 @@ class SweepSettings:
     recommend: int = 3
     shard: Optional[Tuple[int, int]] = None
     overlap: bool = True
+    prefix_reuse: bool = True
     chart: bool = True
 
     def __post_init__(self) -> None:
@@ -50,7 +52,11 @@ class SweepSettings:
         if self.prefilter is not None and self.prefilter < 1:
             raise ValueError(f"prefilter must be >= 1, got {self.prefilter}")
         if self.budget is not None:
+            self.budget = str(self.budget)
             parse_budget(self.budget)
+            if self.shard is not None and self.shard[1] > 1:
+                raise ValueError("--budget needs every unit's result: run the shards without it, merge them, then "
+                                 "rerun the same command with --budget in the merged folder")
 
 
 def _identity(model: nn.Module, metric: Metric, units: Sequence[Unit], settings: SweepSettings) -> dict:
@@ -123,7 +129,7 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
     meta["settings"]["shard"] = None if settings.shard is None else list(settings.shard)
     _, cached = load_results(out_dir, fingerprint) if out_dir.exists() else (None, {})
     journal = Journal(out_dir / _journal_name(settings.shard, rank, world), fingerprint, meta)
-    evaluator = Evaluator(model, metric, units, settings.mode, journal, cached)
+    evaluator = Evaluator(model, metric, units, settings.mode, journal, cached, prefix_reuse=settings.prefix_reuse)
     jobs = baseline_jobs() + unit_jobs(selected)
     mine = jobs
     if world > 1:
@@ -143,7 +149,8 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
         evaluator.results = dict(records)
     timing = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "evaluations_this_run": len(mine) - done_before, "resumed_from_journal": done_before,
-              "world_size": world}
+              "world_size": world, "prefix_reuse": None if evaluator.prefix is None else {
+                  **evaluator.prefix.stats, "cache_mib": round(evaluator.prefix.bytes / 2**20, 1)}}
     if settings.shard is not None and settings.shard[1] > 1:
         timing["total_s"] = round(time.perf_counter() - started, 3)
         return build_result(meta, fingerprint, records, proxy=meta["proxy"], recommend=settings.recommend,

@@ -9,17 +9,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .jobs import Job, enabled_quantizers
+from .jobs import FLOAT, QUANTIZED, Job, enabled_quantizers
 from .journal import Journal
 from .metric import Metric, check_value
-from .units import QuantizerSwitch, Unit
+from .prefix_cache import PrefixCache, container_of
+from .units import QuantizerSwitch, Unit, auto_block_depth
 
 
 class Evaluator:
     """Evaluates jobs on one model whose quantizers are switched in place; results are cached and journaled."""
 
     def __init__(self, model: nn.Module, metric: Metric, units: Sequence[Unit], mode: str,
-                 journal: Optional[Journal] = None, cache: Optional[Dict[str, dict]] = None) -> None:
+                 journal: Optional[Journal] = None, cache: Optional[Dict[str, dict]] = None,
+                 prefix_reuse: bool = True, cache_limit_bytes: Optional[int] = None) -> None:
         self.model = model
         self.metric = metric
         self.units = {u.name: u for u in units}
@@ -27,6 +29,22 @@ class Evaluator:
         self.journal = journal
         self.results: Dict[str, dict] = dict(cache or {})
         self.switch = QuantizerSwitch(model, units)
+        self.reference = Job(QUANTIZED if mode == "disable-one" else FLOAT, "baseline")
+        self.prefix: Optional[PrefixCache] = None
+        if prefix_reuse:
+            layers = [layer for u in units for layer in u.layers]
+            depth = auto_block_depth(layers)
+            blocks = sorted({".".join(n.split(".")[:depth]) for n in layers})
+            try:
+                container, _ = container_of(model, blocks)
+                self.prefix = PrefixCache(model, container, cache_limit_bytes)
+            except ValueError:
+                self.prefix = None
+        self._reference_on = enabled_quantizers(self.reference, self.units, mode)
+        self._recorded = False  # one recording attempt only (it may be refused for memory)
+
+    def _forward(self):
+        return self.metric.infer(self.model) if self.metric.two_phase else self.metric(self.model)
 
     def _record(self, key: str, value: float, seconds: float) -> dict:
         value = check_value(value, self.metric, key)
@@ -39,13 +57,27 @@ class Evaluator:
 
     @torch.no_grad()
     def _infer(self, job: Job):
-        self.switch.set_enabled(enabled_quantizers(job, self.units, self.mode))
+        on = enabled_quantizers(job, self.units, self.mode)
         start = time.perf_counter()
         try:
-            raw = self.metric.infer(self.model) if self.metric.two_phase else self.metric(self.model)
+            if self.prefix is None or job.key in (FLOAT, QUANTIZED):
+                self.switch.set_enabled(on)
+                if self.prefix is not None and job.key == self.reference.key and not self._recorded:
+                    self._recorded = True
+                    with self.prefix.recording(job.key):
+                        return self._forward(), time.perf_counter() - start
+                return self._forward(), time.perf_counter() - start
+            if not self._recorded:  # the reference result came from a journal: record it once now
+                self._recorded = True
+                self.switch.set_enabled(self._reference_on)
+                with self.prefix.recording(self.reference.key):
+                    self._forward()
+                start = time.perf_counter()
+            self.switch.set_enabled(on)
+            with self.prefix.replaying(self.prefix.safe_blocks(on ^ self._reference_on)):
+                return self._forward(), time.perf_counter() - start
         finally:
             self.switch.restore()
-        return raw, time.perf_counter() - start
 
     def evaluate(self, job: Job) -> float:
         """The metric of one job (from the cache if already done)."""
