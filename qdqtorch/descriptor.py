@@ -100,10 +100,11 @@ class QuantDescriptor:
         return cls.from_dict(json.loads(text))
 
 
-QUANT_DESC_8BIT_PER_TENSOR = QuantDescriptor()
-"""Per-tensor signed 8-bit, max calibration: the usual activation (input) quantizer."""
+QUANT_DESC_8BIT_PER_TENSOR = QuantDescriptor(narrow_range=False)
+"""Per-tensor signed 8-bit, max calibration: the usual activation (input) quantizer. Full range [-128, 127], as
+ONNX QuantizeLinear and TensorRT clamp activations, so fake quant and the deployed engine agree."""
 
-QUANT_DESC_8BIT_HISTOGRAM = QuantDescriptor(calib_method="histogram")
+QUANT_DESC_8BIT_HISTOGRAM = QuantDescriptor(narrow_range=False, calib_method="histogram")
 """Per-tensor 8-bit with a histogram calibrator, for entropy / mse / percentile amax."""
 
 QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL = QuantDescriptor(axis=0)

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         settings = PTQSettings.from_file(config, **args) if config else PTQSettings.from_dict(args)
         result = run_ptq(settings)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}".splitlines()[0] if "\n" not in str(exc) else f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(table(result.summary))
     print(f"wrote {result.out}/summary.json, report.md, calibration.json"

@@ -48,7 +48,7 @@ def test_enabled_twin_equals_float_layer_on_fake_quantized_tensors(layer, twin_c
     w_amax = layer.weight.detach().abs().amax(dim=[d for d in range(layer.weight.dim()) if d != axis])
     twin._input_quantizer.amax = 1.5
     twin._weight_quantizer.amax = w_amax
-    xq = fake_tensor_quant(x, torch.tensor(1.5))
+    xq = fake_tensor_quant(x, torch.tensor(1.5), narrow_range=False)
     wq = fake_tensor_quant(layer.weight.detach(), w_amax, axis=axis)
     with torch.no_grad():
         original = layer.weight.data.clone()
@@ -68,14 +68,15 @@ def test_pooling_add_concat():
     pool = QuantMaxPool2d.from_float(nn.MaxPool2d(3, 1, 1))
     pool._input_quantizer.amax = 2.0
     x = torch.randn(1, 2, 5, 5) * 3
-    assert torch.equal(pool(x), nn.functional.max_pool2d(fake_tensor_quant(x, torch.tensor(2.0)), 3, 1, 1))
+    expected = fake_tensor_quant(x, torch.tensor(2.0), narrow_range=False)  # activations: full int8 range
+    assert torch.equal(pool(x), nn.functional.max_pool2d(expected, 3, 1, 1))
     add = QuantAdd(quantize=(False, True))
     add._input1_quantizer.amax = 1.0
     a, b = torch.randn(10), torch.randn(10) * 4
-    assert torch.equal(add(a, b), a + fake_tensor_quant(b, torch.tensor(1.0)))
+    assert torch.equal(add(a, b), a + fake_tensor_quant(b, torch.tensor(1.0), narrow_range=False))
     cat = QuantConcat(dim=0)
     cat._input_quantizer.amax = 1.0
-    assert torch.equal(cat([a, b]), fake_tensor_quant(torch.cat([a, b]), torch.tensor(1.0)))
+    assert torch.equal(cat([a, b]), fake_tensor_quant(torch.cat([a, b]), torch.tensor(1.0), narrow_range=False))
 
 
 class Block(nn.Module):
