@@ -106,7 +106,7 @@ class TensorQuantizer(nn.Module):
         if calib is None:
             raise CalibrationError(f"{self.label}: has no calibrator")
         if isinstance(calib, HistogramCalibrator):
-            fixed = self.desc.calib_method if self.desc.calib_method != "histogram" else None
+            fixed = self.desc.calib_method if self.desc.calib_method in ("entropy", "mse", "percentile") else None
             amax = calib.compute_amax(fixed or method or "percentile", **kwargs)
         else:
             amax = calib.compute_amax()
