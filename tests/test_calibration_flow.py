@@ -94,13 +94,12 @@ def test_histogram_methods_need_histograms_and_calibrate_switches():
     with pytest.raises(CalibrationError, match="histogram"):
         compute_amax(model, "entropy", progress=False)
     data = batches()
-    data[0][0, 0, 0, 0] = 50.0  # one outlier: mse and percentile clip it, max does not
-    for method in ("mse", "percentile"):
-        calibrate(model, data, method=method, progress=False, percentile=99.9)
-        amax = model.stem._input_quantizer.amax.item()
-        assert 0 < amax < 0.5 * model.stem._input_quantizer._calibrator.max_value
-    calibrate(model, data, method="entropy", progress=False)
-    assert 0 < model.stem._input_quantizer.amax.item() <= 50.0
+    data[0][0, 0, 0, 0] = 50.0  # one outlier: percentile clips it, max does not
+    calibrate(model, data, method="percentile", progress=False, percentile=99.9)
+    assert 0 < model.stem._input_quantizer.amax.item() < 5.0
+    for method in ("mse", "entropy"):
+        calibrate(model, data, method=method, progress=False)
+        assert 0 < model.stem._input_quantizer.amax.item() <= 50.0
 
 
 def test_fixed_histogram_method_in_descriptor_wins():
