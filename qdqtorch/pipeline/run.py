@@ -80,7 +80,7 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     timings["load"] = time.perf_counter() - t0
     summary["model"] = {"source": loaded.source, "layout": layout, "classes": loaded.num_classes,
                         "stride": loaded.stride}
-    preprocess = Preprocess(imgsz=settings.imgsz, stride=loaded.stride)
+    preprocess = Preprocess.from_dict({**settings.preprocess, "imgsz": settings.imgsz, "stride": loaded.stride})
 
     t0 = time.perf_counter()
     eval_set = _eval_set(settings, preprocess, loaded.names, progress)

@@ -15,7 +15,9 @@ class PTQSettings:
     """One post-training-quantization job: model, data, calibration, evaluation and export options.
 
     `quant` holds a QuantConfig dict (input/weight descriptors, modules, overrides, ignore); `ignore` adds
-    regexes on top of it and of the model's default float layers (e.g. Ultralytics' DFL).
+    regexes on top of it and of the model's default float layers (e.g. Ultralytics' DFL). `preprocess` holds
+    `qdqtorch.data.Preprocess` fields (xquant's color_format / mean_value / std_value / preprocess hook); imgsz and
+    stride come from `imgsz` and the model.
     """
 
     model: str = "yolov8n.pt"
@@ -46,6 +48,7 @@ class PTQSettings:
     max_det: int = 300
     scorer: str = "pycocotools"
     workers: int = 0
+    preprocess: Dict[str, Any] = field(default_factory=dict)   # qdqtorch.data.Preprocess fields (color, mean, ...)
     quant: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
