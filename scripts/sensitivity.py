@@ -70,6 +70,8 @@ def run_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-overlap", action="store_true", help="do not score on a thread during the next inference")
     s.add_argument("--no-prefix-reuse", action="store_true", help="recompute every block for every unit instead of "
                    "replaying the unchanged blocks' outputs from the reference pass")
+    s.add_argument("--cache-mib", type=float, help="memory for prefix reuse in MiB (default: a quarter of the free RAM, "
+                   "half the free GPU memory)")
     s.add_argument("--no-chart", action="store_true", help="skip sensitivity.png")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -125,7 +127,7 @@ def run_main(argv) -> int:
     args = vars(run_parser().parse_args(argv))
     sweep_keys = ("out", "metric", "lower_is_better", "mode", "unit", "block_depth", "reference", "topk",
                   "recommend", "proxy_images", "prefilter", "budget", "budget_max_units", "shard", "fresh",
-                  "no_overlap", "no_prefix_reuse", "no_chart", "quiet", "calibration", "calib_distributed")
+                  "no_overlap", "no_prefix_reuse", "cache_mib", "no_chart", "quiet", "calibration", "calib_distributed")
     sweep = {k: args.pop(k) for k in sweep_keys}
     config = args.pop("config", None)
     ptq_args = {k: v for k, v in args.items()}
@@ -151,7 +153,7 @@ def run_main(argv) -> int:
             topk=sweep["topk"], prefilter=sweep["prefilter"], budget=sweep["budget"],
             budget_max_units=sweep["budget_max_units"], recommend=sweep["recommend"],
             shard=parse_shard(sweep["shard"]) if sweep["shard"] else None, overlap=not sweep["no_overlap"],
-            prefix_reuse=not sweep["no_prefix_reuse"],
+            prefix_reuse=not sweep["no_prefix_reuse"], cache_mib=sweep["cache_mib"],
             chart=not sweep["no_chart"])
         result = run_sensitivity(session.model, session.metric, out, sweep_settings,
                                  proxy_data=session.proxy_batches or None, base_config=session.base_config,

@@ -240,6 +240,15 @@ def test_prefix_reuse_gives_identical_results(tmp_path, mode):
                                                                       abs=1e-12)
 
 
+def test_prefix_reuse_with_a_cache_too_small_for_all_blocks(tmp_path):
+    full = run(tmp_path / "full", prefix_reuse=False)
+    with pytest.warns(UserWarning, match="caching only the first"):
+        small = run(tmp_path / "small", cache_mib=0.1)  # ~3 of the 11 blocks' outputs fit
+    stats = small["timing"]["prefix_reuse"]
+    assert 0 < stats["cached_blocks"] < 11 and stats["replayed_blocks"] > 0 and stats["cache_mib"] <= 0.1
+    assert comparable(small)["entries"] == comparable(full)["entries"]
+
+
 def test_prefix_reuse_refuses_a_metric_with_changing_inputs(tmp_path):
     gen = torch.Generator().manual_seed(5)
 

@@ -7,8 +7,9 @@ output per batch (cloned) and the order in which blocks finish and quantizers fi
 every block that finished before the first call of any quantizer the job changes returns a clone of its recorded
 output for that batch. Causality makes this exact for models whose forward has no hidden state; the first replayed
 block checks that it sees the recorded input (same shape and checksum), so a metric that feeds different batches
-fails loudly instead of silently reusing the wrong activations. If the cache would exceed `limit_bytes` it is
-dropped and evaluation falls back to full forwards.
+fails loudly instead of silently reusing the wrong activations. If the cache would exceed `limit_bytes`, the
+blocks that finish last are dropped from it until it fits (replaying only the early blocks is still exact: later
+blocks are recomputed from the replayed outputs); if nothing fits, evaluation falls back to full forwards.
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ class PrefixCache:
         self.clear()
         events = [0]
         calls: Dict[str, int] = {}
-        overflow = [False]
+        dropped: Set[str] = set()
         inputs: Dict[str, List[Any]] = {}
         device = next(iter(self.model.parameters()), torch.zeros(())).device
         limit = self.limit if self.limit is not None else default_limit_bytes(device)
@@ -119,15 +120,14 @@ class PrefixCache:
             def fn(module, args, output):
                 events[0] += 1
                 self.finish_order.setdefault(name, events[0])  # the first forward's order
-                if overflow[0]:
+                if name in dropped:
                     return
-                size = _nbytes(output)
-                if self.bytes + size > limit:
-                    overflow[0] = True
-                    self.outputs.clear()
-                    return
-                self.bytes += size
+                self.bytes += _nbytes(output)
                 self.outputs.setdefault(name, []).append(_clone(output))
+                while self.bytes > limit and self.outputs:  # drop the block that finishes last
+                    last = max(self.outputs, key=lambda b: self.finish_order[b])
+                    self.bytes -= sum(_nbytes(o) for o in self.outputs.pop(last))
+                    dropped.add(last)
             return fn
 
         def quant_pre(name: str):
@@ -147,12 +147,14 @@ class PrefixCache:
             for handle in handles:
                 handle.remove()
         batches = {len(v) for v in self.outputs.values()}
-        if overflow[0]:
-            warnings.warn(f"prefix reuse disabled: the block outputs exceed the cache limit of {limit / 2**30:.1f} GiB "
-                          "(use fewer or smaller evaluation images, or a machine with more memory)", stacklevel=3)
-            self.clear()
-        elif not self.outputs or len(batches) != 1 or any(calls[n] != len(self.outputs[n]) for n in self.outputs):
-            self.clear()  # blocks called more than once per forward, or nothing ran: no reuse
+        if dropped:
+            kept = len(self.outputs)
+            warnings.warn(f"prefix reuse: the block outputs exceed the cache limit of {limit / 2**30:.1f} GiB; caching "
+                          f"only the first {kept} of {len(self.finish_order)} blocks (fewer or smaller evaluation "
+                          "images, or more memory, make the sweep faster)", stacklevel=3)
+        self.stats["cached_blocks"] = len(self.outputs)
+        if not self.outputs or len(batches) != 1 or any(calls[n] != len(self.outputs[n]) for n in self.outputs):
+            self.clear()  # nothing fits, blocks called more than once per forward, or nothing ran: no reuse
         else:
             self.reference = reference
             self.signature = next(iter(inputs.items())) if inputs else None

@@ -42,6 +42,7 @@ class SweepSettings:
     shard: Optional[Tuple[int, int]] = None
     overlap: bool = True
     prefix_reuse: bool = True
+    cache_mib: Optional[float] = None  # prefix-reuse memory limit (default: half the free GPU / a quarter of RAM)
     chart: bool = True
 
     def __post_init__(self) -> None:
@@ -129,7 +130,8 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
     meta["settings"]["shard"] = None if settings.shard is None else list(settings.shard)
     _, cached = load_results(out_dir, fingerprint) if out_dir.exists() else (None, {})
     journal = Journal(out_dir / _journal_name(settings.shard, rank, world), fingerprint, meta)
-    evaluator = Evaluator(model, metric, units, settings.mode, journal, cached, prefix_reuse=settings.prefix_reuse)
+    evaluator = Evaluator(model, metric, units, settings.mode, journal, cached, prefix_reuse=settings.prefix_reuse,
+                          cache_limit_bytes=None if settings.cache_mib is None else int(settings.cache_mib * 2**20))
     jobs = baseline_jobs() + unit_jobs(selected)
     mine = jobs
     if world > 1:

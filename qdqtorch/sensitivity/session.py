@@ -156,9 +156,9 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
     _quantize(model, config, settings, sample)
 
     key = json_fingerprint({k: settings.to_dict()[k] for k in CALIBRATION_KEYS})[:16]
-    cal_file = Path(calibration) if calibration else out_dir / f"calibration-{key}.safetensors"
+    cal_file = Path(calibration) if calibration else out_dir / f"calibration-{key}.json"  # JSON: written atomically
     calib_batches = None
-    if cal_file.exists():
+    if D.broadcast_object(cal_file.exists()):  # rank 0 decides, so all ranks take the same branch
         load_calibration(model, cal_file)
         how = f"loaded {cal_file}"
     elif calibration:
@@ -168,7 +168,7 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
         kwargs = dict(method=settings.calib_method, weight_method=settings.weight_method, device=settings.device,
                       percentile=settings.percentile)
         if world > 1 and calib_distributed:
-            D.distributed_calibrate(model, calib_batches, settings.num_calib, progress=progress, **kwargs)
+            D.distributed_calibrate(model, calib_batches, len(calib_batches), progress=progress, **kwargs)
             how = f"distributed over {world} ranks"
         else:
             if rank == 0:
