@@ -97,6 +97,8 @@ def test_mse_amax_no_worse_than_neighbours():
     for neighbour in (best - 1, best + 1, best - 10, best + 10, 128, 1024):
         if 128 <= neighbour <= 1024:
             assert err <= histogram_mse(counts, neighbour) + 1e-9
+    exhaustive = min(range(128, 1025), key=lambda i: histogram_mse(counts, i))
+    assert err == pytest.approx(histogram_mse(counts, exhaustive), rel=1e-9)
 
 
 @pytest.mark.parametrize("pct", [99.0, 99.9, 99.99])

@@ -2,8 +2,8 @@
 
 The histogram keeps a fixed bin width chosen from the first non-zero batch and grows by appending bins when a larger
 value arrives, so no count is ever lost or re-binned approximately. If it grows past `max_bins`, adjacent bins are
-merged by an integer factor (again exact). Counts are int64 on the data's device. All amax searches are vectorised
-over candidate thresholds (chunked to bound memory): no Python loop over bins or candidates.
+merged by an integer factor (again exact). Counts are int64 on the data's device. The entropy and mse searches evaluate
+every candidate threshold in closed form from prefix sums: no Python loop over bins or candidates.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from ..tensor_quant import quant_bounds
 from .max import NonFiniteError
 
 HISTOGRAM_METHODS = ("max", "entropy", "mse", "percentile")
-_CHUNK = 256  # candidate thresholds evaluated at once
 
 
 class HistogramCalibrator:
@@ -149,54 +148,76 @@ def histogram_percentile(counts: torch.Tensor, bin_width: float, percentile: flo
     return (idx + 1) * bin_width
 
 
+def _prefix(values: torch.Tensor) -> torch.Tensor:
+    """[0, v0, v0+v1, ...]: range sums in O(1) as prefix[hi] - prefix[lo]."""
+    return torch.cat([values.new_zeros(1), torch.cumsum(values, 0)])
+
+
 def entropy_search(counts: torch.Tensor, num_bits: int = 8, unsigned: bool = False, *, start_bin: int = 128,
                    stride: int = 1) -> int:
     """TensorRT's KL-divergence calibration: the number of bins i whose clipped distribution P (outliers folded
     into bin i-1) is best approximated by its quantized version Q (bins [0, i) merged into 2**(bits-1) levels,
-    each level's mass spread evenly over its non-empty bins). Ties go to the largest i."""
-    counts = counts.double()
-    n = counts.numel()
-    nq = 1 << (num_bits - 1 + int(unsigned))
-    k = torch.arange(n, device=counts.device)
-    nonzero = counts > 0
-    tail = counts.flip(0).cumsum(0).flip(0)  # tail[j] = sum(counts[j:])
-    tail = torch.cat([tail, counts.new_zeros(1)])
-    best_div, best_i = [], []
-    for chunk in _candidates(n, start_bin, stride, counts.device).split(_CHUNK):
-        inside = k[None, :] < chunk[:, None]
-        group = torch.where(inside, (k[None, :] * nq) // chunk[:, None], torch.full_like(inside, nq, dtype=torch.long))
-        mass = torch.zeros(chunk.numel(), nq + 1, dtype=torch.float64, device=counts.device)
-        mass.scatter_add_(1, group, (counts[None, :] * inside))
-        used = torch.zeros_like(mass).scatter_add_(1, group, (nonzero[None, :] & inside).double())
-        level = mass / used.clamp_min(1)
-        q = torch.gather(level, 1, group) * (nonzero[None, :] & inside)
-        p = counts[None, :] * inside
-        p.scatter_add_(1, (chunk - 1)[:, None], tail[chunk][:, None])
-        p = p / p.sum(1, keepdim=True)
-        q = q / q.sum(1, keepdim=True)
-        ratio = torch.where(p > 0, p / q, torch.ones_like(p))
-        div = torch.where(p > 0, p * torch.log(ratio), torch.zeros_like(p)).sum(1)
-        best_div.append(div)
-        best_i.append(chunk)
-    div = torch.cat(best_div)
-    cand = torch.cat(best_i)
-    last_min = div.numel() - 1 - int(torch.argmin(div.flip(0)))
+    level j holding the bins k with floor(k * levels / i) == j, each level's mass spread evenly over its non-empty
+    bins). Ties go to the largest i.
+
+    Evaluated in closed form from prefix sums, O(levels) per candidate instead of O(bins):
+    KL = sum(p log p)/T - log T + log S - sum(p log q)/T, with T all counts, S the counts below i, and
+    sum(p log q) = sum_j M_j log(M_j / U_j) + tail * log q_{i-1} (M_j: level mass, U_j: its non-empty bins).
+    """
+    n = counts.double()
+    total = n.sum()
+    levels = 1 << (num_bits - 1 + int(unsigned))
+    cand = _candidates(n.numel(), start_bin, stride, n.device)
+    mass_prefix = _prefix(n)
+    used_prefix = _prefix((n > 0).double())
+    nlogn_prefix = _prefix(torch.where(n > 0, n * torch.log(n.clamp_min(1)), torch.zeros_like(n)))
+    i = cand[:, None]
+    j = torch.arange(levels + 1, device=n.device)[None, :]
+    bounds = (j * i + levels - 1) // levels  # ceil(j * i / levels): first bin of level j
+    mass = mass_prefix[bounds[:, 1:]] - mass_prefix[bounds[:, :-1]]
+    used = used_prefix[bounds[:, 1:]] - used_prefix[bounds[:, :-1]]
+    level_term = torch.where(mass > 0, mass * torch.log(mass / used.clamp_min(1)), torch.zeros_like(mass)).sum(1)
+    i = cand
+    below = mass_prefix[i]
+    tail = total - below
+    last = n[i - 1]
+    last_level = ((i - 1) * levels) // i
+    q_last = mass.gather(1, last_level[:, None])[:, 0] / used.gather(1, last_level[:, None])[:, 0].clamp_min(1)
+    p_last = last + tail
+    sum_plogp = nlogn_prefix[i - 1] + torch.where(p_last > 0, p_last * torch.log(p_last.clamp_min(1)), 0 * p_last)
+    sum_plogq = level_term + torch.where(tail > 0, tail * torch.log(q_last.clamp_min(1e-300)), 0 * tail)
+    kl = sum_plogp / total - torch.log(total) + torch.log(below.clamp_min(1e-300)) - sum_plogq / total
+    kl = torch.where(((tail > 0) & (last == 0)) | (below == 0), torch.full_like(kl, float("inf")), kl)
+    last_min = kl.numel() - 1 - int(torch.argmin(kl.flip(0)))
     return int(cand[last_min])
 
 
 def mse_search(counts: torch.Tensor, num_bits: int = 8, unsigned: bool = False, *, start_bin: int = 128,
                stride: int = 1) -> int:
     """The number of bins i whose right edge, used as amax, minimises the quantization MSE of the histogram
-    (each bin represented by its centre)."""
-    counts = counts.double()
-    n = counts.numel()
+    (each bin represented by its centre).
+
+    Closed form from prefix sums of n, n*c and n*c^2 (c: bin centre), O(levels) per candidate: bins whose centres
+    round to level m contribute sum n (c - m s)^2; bins past amax are clipped to it.
+    """
+    n = counts.double()
+    nbins = n.numel()
     _, max_bound = quant_bounds(num_bits, unsigned)
-    centres = torch.arange(n, device=counts.device, dtype=torch.float64) + 0.5  # in units of bin width
-    errors, cands = [], []
-    for chunk in _candidates(n, start_bin, stride, counts.device).split(_CHUNK):
-        scale = chunk.double()[:, None] / max_bound
-        quant = torch.clamp(torch.round(centres[None, :] / scale), 0, max_bound) * scale
-        errors.append(((quant - centres[None, :]) ** 2 * counts[None, :]).sum(1))
-        cands.append(chunk)
-    err = torch.cat(errors)
-    return int(torch.cat(cands)[int(torch.argmin(err))])
+    centres = torch.arange(nbins, device=n.device, dtype=torch.float64) + 0.5
+    p0, p1, p2 = _prefix(n), _prefix(n * centres), _prefix(n * centres * centres)
+    cand = _candidates(nbins, start_bin, stride, n.device)
+    i = cand[:, None]
+    m = torch.arange(max_bound + 2, device=n.device)[None, :]
+    # first bin whose centre rounds to level m: ceil(((2m - 1) i - B) / 2B), in exact integer arithmetic
+    lo = (-(-((2 * m - 1) * i - max_bound) // (2 * max_bound))).clamp(0, None)
+    lo = torch.minimum(lo, i)
+    lo[:, -1] = cand  # level B ends at amax (bin i)
+    a, b = lo[:, :-1], lo[:, 1:]
+    s0, s1, s2 = p0[b] - p0[a], p1[b] - p1[a], p2[b] - p2[a]
+    step = cand.double()[:, None] / max_bound
+    level = m[:, :-1].double() * step
+    inside = (s2 - 2 * level * s1 + level * level * s0).sum(1)
+    amax = cand.double()
+    clipped = (p2[-1] - p2[cand]) - 2 * amax * (p1[-1] - p1[cand]) + amax * amax * (p0[-1] - p0[cand])
+    err = inside + clipped
+    return int(cand[int(torch.argmin(err))])
