@@ -33,6 +33,10 @@ class QuantInputMixin:
 
     default_quant_desc_input = QUANT_DESC_8BIT_PER_TENSOR
 
+    def __init__(self, *args: Any, quant_desc_input: Optional[QuantDescriptor] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quantizers(quant_desc_input)
+
     def _init_quantizers(self, quant_desc_input: Optional[QuantDescriptor] = None) -> None:
         self._input_quantizer = TensorQuantizer(quant_desc_input or self.default_quant_desc_input)
 
@@ -53,6 +57,11 @@ class QuantWeightMixin:
 
     default_quant_desc_input = QUANT_DESC_8BIT_PER_TENSOR
     default_quant_desc_weight = QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL
+
+    def __init__(self, *args: Any, quant_desc_input: Optional[QuantDescriptor] = None,
+                 quant_desc_weight: Optional[QuantDescriptor] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quantizers(quant_desc_input, quant_desc_weight)
 
     def _init_quantizers(self, quant_desc_input: Optional[QuantDescriptor] = None,
                          quant_desc_weight: Optional[QuantDescriptor] = None) -> None:

@@ -1,22 +1,17 @@
 """Quantized twins of Conv{1,2,3}d and ConvTranspose{1,2,3}d: quantize input and weight, then convolve."""
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..descriptor import QUANT_DESC_8BIT_CONVTRANSPOSE_WEIGHT_PER_CHANNEL, QuantDescriptor
+from ..descriptor import QUANT_DESC_8BIT_CONVTRANSPOSE_WEIGHT_PER_CHANNEL
 from ._base import QuantWeightMixin
 
 
 class _QuantConvNd(QuantWeightMixin):
-    def __init__(self, *args: Any, quant_desc_input: Optional[QuantDescriptor] = None,
-                 quant_desc_weight: Optional[QuantDescriptor] = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quantizers(quant_desc_input, quant_desc_weight)
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x, w = self._quant_input_and_weight(input)
         return self._conv_forward(x, w, self.bias)

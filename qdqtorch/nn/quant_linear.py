@@ -1,13 +1,11 @@
 """Quantized twin of nn.Linear."""
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..descriptor import QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW, QuantDescriptor
+from ..descriptor import QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW
 from ._base import QuantWeightMixin
 
 
@@ -15,11 +13,6 @@ class QuantLinear(QuantWeightMixin, nn.Linear):
     """nn.Linear with per-tensor input and per-row (axis 0) weight quantizers."""
 
     default_quant_desc_weight = QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW
-
-    def __init__(self, *args: Any, quant_desc_input: Optional[QuantDescriptor] = None,
-                 quant_desc_weight: Optional[QuantDescriptor] = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quantizers(quant_desc_input, quant_desc_weight)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x, w = self._quant_input_and_weight(input)

@@ -1,18 +1,13 @@
 """Pooling layers with an input quantizer (TensorRT runs INT8 pooling when its input is quantized)."""
 from __future__ import annotations
 
-from typing import Any, Optional
-
 from torch import nn
 
-from ..descriptor import QuantDescriptor
 from ._base import QuantInputMixin
 
 
 class _QuantPool(QuantInputMixin):
-    def __init__(self, *args: Any, quant_desc_input: Optional[QuantDescriptor] = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quantizers(quant_desc_input)
+    """Pooling twin: the float layer after an input quantizer."""
 
 
 class QuantMaxPool1d(_QuantPool, nn.MaxPool1d):
