@@ -78,8 +78,8 @@ def main() -> None:
     pp = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
     eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval)
     kw = dict(layout=loaded.layout, batch_size=args.batch, progress=False)
-    results = {"settings": vars(args), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-               "images": {"eval": len(eval_set)}}
+    results = {"settings": vars(args), "torch": torch.__version__, "images": {"eval": len(eval_set)},
+               "machine": platform.processor() or platform.machine()}
     t0 = time.perf_counter()
     results["float"] = evaluate(loaded.model, eval_set, **kw).to_dict()
     print(f"float: {results['float']['map50_95']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)

@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import YOLOV5_REPO_FIXTURE
 from qdqtorch.calib import HistogramCalibrator
-from qdqtorch.nn import QuantAdd, TensorQuantizer
+from qdqtorch.nn import QuantAdd
 from qdqtorch.quantize import (calibrate, collect_stats, compute_amax, load_calibration, named_quantizers,
                                quantize_model, save_calibration)
 from qdqtorch.rules import RulesReport, TiedQuantizer, apply_tensorrt_rules
@@ -386,7 +386,8 @@ def _shape_only(proto: onnx.ModelProto) -> set:
             shape.update(n.output)
         elif data & set(n.input):
             data.update(n.output)
-    consts = {n.output[0] for n in proto.graph.node if n.op_type == "Constant"} | {t.name for t in proto.graph.initializer}
+    consts = {n.output[0] for n in proto.graph.node if n.op_type == "Constant"}
+    consts |= {t.name for t in proto.graph.initializer}
     return shape | {c for c in consts if consumers.get(c) and all(set(m.output) <= shape for m in consumers[c])}
 
 

@@ -3,7 +3,6 @@ inputs and residual shortcuts, switch off quantizers in the head's decoding tail
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -18,10 +17,10 @@ from ..quantize.replace import name_quantizers
 from . import ops
 from .analysis import Plan, analyze
 from .report import RulesReport, TiedGroup
-from .tied import TiedQuantizer, input_attr, output_attr, quantize_input, quantize_output
-from .trace import Graph, ModuleCall, trace_graph
+from .placement import Placer, add_hook
+from .tied import TiedQuantizer
+from .trace import Graph, trace_graph
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, TensorQuantizer)
 _TIED_FIELDS = ("num_bits", "axis", "unsigned", "narrow_range", "fake_quant", "learn_amax", "amax")
 Location = Tuple[nn.Module, str, str]  # (parent module, attribute, dotted path)
 
@@ -45,100 +44,6 @@ def _describe(g: Graph, value: int) -> str:
     if node.kind == "quant":
         return f"{node.meta.get('path', '?')}(...)"
     return f"{node.target}@{node.module or '<model>'}"
-
-
-Placement = Tuple[str, ModuleCall, Optional[int]]  # ("output" | "input", module call, tuple index / argument)
-
-
-class _Placer:
-    """Finds module hooks that quantize a tensor: on the output of the module that makes it (all consumers see it),
-    or on the input of the module that uses it."""
-
-    def __init__(self, g: Graph, plan: Plan) -> None:
-        self.g, self.plan = g, plan
-        self.returned_by: Dict[int, List[Tuple[ModuleCall, Tuple[int, ...]]]] = defaultdict(list)
-        self.passed_to: Dict[int, List[Tuple[ModuleCall, Tuple[int, ...]]]] = defaultdict(list)
-        self.calls_of: Dict[int, List[ModuleCall]] = defaultdict(list)
-        for call in g.calls:  # calls end innermost first
-            self.calls_of[call.module_id].append(call)
-            for pos, vid in call.outputs:
-                self.returned_by[vid].append((call, pos))
-            for pos, vid in call.args:
-                self.passed_to[vid].append((call, pos))
-
-    def _same_class_every_call(self, call: ModuleCall, pos: Tuple[int, ...], value: int, outputs: bool) -> bool:
-        """A hook fires on every call of the module: each call's tensor at `pos` must be in the value's class."""
-        cls = self.plan.cls(value)
-        for other in self.calls_of[call.module_id]:
-            found = [vid for p, vid in (other.outputs if outputs else other.args) if p == pos]
-            if not other.simple or not found or self.plan.cls(found[0]) != cls:
-                return False
-        return True
-
-    def _output_ok(self, call: ModuleCall, pos: Tuple[int, ...], value: int) -> bool:
-        module = self.g.modules[call.module_id]
-        producer = self.g.values[value].producer
-        if isinstance(module, _CONTAINERS) or not call.simple or producer is None:
-            return False
-        if not call.start <= producer < call.end:  # returned an outside tensor (Identity, in-place helpers)
-            return False
-        if any(c < call.end for c in self.g.values[value].consumers):  # used inside the module before returning
-            return False
-        return self._same_class_every_call(call, pos, value, outputs=True)
-
-    def at_output(self, value: int) -> Optional[List[Placement]]:
-        """Hook the innermost module that makes `value` and returns it."""
-        for call, pos in self.returned_by.get(value, []):
-            if self._output_ok(call, pos, value):
-                return [("output", call, pos[0] if pos else None)]
-        return None
-
-    def at_input(self, value: int, consumer: Optional[int]) -> Optional[List[Placement]]:
-        """Hook the innermost module that receives `value` as a positional argument and runs `consumer`."""
-        if consumer is None:
-            return None
-        candidates = [(call, pos) for call, pos in self.passed_to.get(value, [])
-                      if call.start <= consumer < call.end and len(pos) == 1]
-        for call, pos in sorted(candidates, key=lambda cp: -cp[0].start):
-            module = self.g.modules[call.module_id]
-            if isinstance(module, _CONTAINERS):
-                continue
-            # every call must pass a tensor of this class there; arguments are recorded only as top-level items
-            if all(any(p == pos and self.plan.cls(v) == self.plan.cls(value) for p, v in other.args)
-                   for other in self.calls_of[call.module_id]):
-                return [("input", call, pos[0])]
-        return None
-
-    def upstream(self, value: int, depth: int = 0) -> Optional[List[Placement]]:
-        """Quantize what `value` is sliced/pooled/concatenated from (then `value` is on the same grid)."""
-        found = self.at_output(value)
-        if found is not None:
-            return found
-        node = self.g.producer(value)
-        if node is None or node.kind != "op" or depth > 32:
-            return None
-        if node.target in ops.SCALE_PRESERVING:
-            return self.upstream(node.inputs[0], depth + 1)
-        if node.target in ops.CONCAT:
-            found = []
-            for v in node.inputs:
-                sub = self.upstream(v, depth + 1)
-                if sub is None:
-                    return None
-                found += sub
-            return found
-        return None
-
-    def place(self, value: int, consumer: Optional[int], exact: bool) -> Optional[List[Placement]]:
-        """Where to quantize `value`; `exact` (residual shortcuts) prefers the consuming module's input over an
-        upstream tensor, so that the consumer reads a DequantizeLinear output directly."""
-        order = (self.at_output, lambda v: self.at_input(v, consumer), self.upstream) if exact else (
-            self.at_output, self.upstream, lambda v: self.at_input(v, consumer))
-        for attempt in order:
-            found = attempt(value)
-            if found is not None:
-                return found
-        return None
 
 
 def _incompatible(quantizers: Sequence[TensorQuantizer]) -> Optional[str]:
@@ -213,30 +118,68 @@ def _disable_float_modules(model: nn.Module, float_modules: Sequence[str], repor
                                                           "(float_modules)"))
 
 
-def _hook(host: nn.Module, kind: str, index: Optional[int], shared: TensorQuantizer,
-          hooked: Dict[Tuple[int, str, Optional[int]], TensorQuantizer]) -> Optional[bool]:
-    """Store `shared` on `host` and register the hook applying it; True when added, False when this group already
-    hooked it, None when another quantizer is there."""
-    key = (id(host), kind, index)
-    if key in hooked:
-        return False if hooked[key] is shared else None
-    attr = output_attr(index) if kind == "output" else input_attr(index)
-    existing = host._modules.get(attr)
-    if existing is not None and existing is not shared:
-        return None
-    setattr(host, attr, shared)
-    if existing is None:
-        if kind == "output":
-            host.register_forward_hook(functools.partial(quantize_output, index=index))
-        else:
-            host.register_forward_pre_hook(functools.partial(quantize_input, index=index))
-    hooked[key] = shared
-    return True
-
-
 def _model_device(model: nn.Module) -> torch.device:
     t = next(iter(model.parameters()), None)
     return t.device if t is not None else torch.device("cpu")
+
+
+def _apply_disables(plan: Plan, locations: Dict[int, List[Location]], device: torch.device,
+                    report: RulesReport) -> None:
+    """Switch off the quantizers the rules want float (fused residual branches, head decoding)."""
+    member_ids = {id(n.quantizer) for nodes in plan.members.values() for n in nodes}
+    for node, why in plan.disable:
+        q = node.quantizer
+        for parent, attr, path in locations.get(id(q), []):
+            if id(q) in member_ids:  # shared with live sites: switch off only the site the rule is about
+                if path.rsplit(".", 1)[0] != node.module:
+                    continue
+                setattr(parent, attr, TensorQuantizer(q.desc, name=path, disabled=True).to(device))
+            report.disabled.append((path, why))
+        if id(q) not in member_ids:
+            q.disable()
+
+
+def _apply_group(plan: Plan, cls: int, placer: Placer, locations: Dict[int, List[Location]],
+                 hooked: Dict[Tuple[int, str, Optional[int]], TensorQuantizer], desc: QuantDescriptor,
+                 device: torch.device, report: RulesReport) -> Optional[TiedGroup]:
+    """Give one scale class a single quantizer: replace its members, hook the tensors still unquantized."""
+    g = plan.graph
+    members, insert = plan.members.get(cls, []), plan.insert.get(cls, [])
+    objs = list({id(n.quantizer): n.quantizer for n in members}.values())
+    if not insert and len(objs) <= 1:
+        return None
+    problem = _incompatible(objs) if objs else None
+    if problem:
+        report.skipped.append((f"tie of {', '.join(q.label for q in objs)}", problem))
+        return None
+    shared = _shared_quantizer(objs, desc, device)
+    sites: List[str] = []
+    for q in objs:
+        for parent, attr, path in locations.get(id(q), []):
+            if parent._modules.get(attr) is q:
+                setattr(parent, attr, shared)
+            sites.append(path)
+    for v in insert:
+        placements = placer.place(v, plan.consumer.get(v), exact=v in plan.residual_values)
+        if placements is None:
+            if v not in plan.optional:
+                report.skipped.append((_describe(g, v), "no module makes or receives this tensor, so it cannot be "
+                                                        "quantized by a hook; wrap the op that makes it in a module"))
+            continue
+        for kind, call, index in placements:
+            added = add_hook(g.modules[call.module_id], kind, index, shared, hooked)
+            if added is None:
+                report.skipped.append((f"{call.path}:{kind}", "already quantized by another group"))
+            elif added:
+                sites.append(f"{call.path or '<model>'}:{kind}" + ("" if index is None else f"[{index}]"))
+    sites = list(dict.fromkeys(sites))
+    if not sites:
+        return None
+    shared.name = shared.name or sites[0]
+    reasons, op_names = _reasons(plan, cls, insert)
+    group = TiedGroup(shared.name, sites, reasons, op_names, shared)
+    report.groups.append(group)
+    return group
 
 
 def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Sequence[torch.Tensor]], *,
@@ -273,66 +216,18 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
         n.kind == "quant" for n in g.nodes), "tail_ops": len(plan.tail), "concats": sum(
         n.kind == "op" and n.target in ops.CONCAT and n.index not in plan.tail for n in g.nodes)}
 
-    member_ids = {id(n.quantizer) for nodes in plan.members.values() for n in nodes}
-    for node, why in plan.disable:
-        q = node.quantizer
-        for parent, attr, path in locations.get(id(q), []):
-            if id(q) in member_ids:  # shared with live sites: switch off only the site the rule is about
-                if path.rsplit(".", 1)[0] != node.module:
-                    continue
-                off = TensorQuantizer(q.desc, name=path, disabled=True).to(device)
-                setattr(parent, attr, off)
-            report.disabled.append((path, why))
-        if id(q) not in member_ids:
-            q.disable()
-
-    placer = _Placer(g, plan)
+    _apply_disables(plan, locations, device, report)
+    placer = Placer(g, plan)
     hooked: Dict[Tuple[int, str, Optional[int]], TensorQuantizer] = {}
     group_of_value: Dict[int, TiedGroup] = {}
     for cls in sorted(set(plan.members) | set(plan.insert)):
-        members, insert = plan.members.get(cls, []), plan.insert.get(cls, [])
-        objs = list({id(n.quantizer): n.quantizer for n in members}.values())
-        if not insert and len(objs) <= 1:
-            continue
-        problem = _incompatible(objs) if objs else None
-        if problem:
-            report.skipped.append((f"tie of {', '.join(q.label for q in objs)}", problem))
-            continue
-        shared = _shared_quantizer(objs, desc, device)
-        sites: List[str] = []
-        for q in objs:
-            for parent, attr, path in locations.get(id(q), []):
-                if parent._modules.get(attr) is q:
-                    setattr(parent, attr, shared)
-                sites.append(path)
-        for v in insert:
-            placements = placer.place(v, plan.consumer.get(v), exact=v in plan.residual_values)
-            if placements is None and v in plan.optional:
-                continue
-            if placements is None:
-                report.skipped.append((_describe(g, v), "no module makes or receives this tensor, so it cannot be "
-                                                        "quantized by a hook; wrap the op that makes it in a module"))
-                continue
-            for kind, call, index in placements:
-                site = _hook(g.modules[call.module_id], kind, index, shared, hooked)
-                if site is None:
-                    report.skipped.append((f"{call.path}:{kind}", "already quantized by another group"))
-                elif site:
-                    sites.append(f"{call.path or '<model>'}:{kind}" + ("" if index is None else f"[{index}]"))
-        sites = list(dict.fromkeys(sites))
-        if not sites:
-            continue
-        if not shared.name:
-            shared.name = sites[0]
-        reasons, op_names = _reasons(plan, cls, insert)
-        group = TiedGroup(shared.name, sites, reasons, op_names, shared)
-        report.groups.append(group)
-        for v in [*insert, *(n.inputs[0] for n in members)]:
-            group_of_value[v] = group
+        group = _apply_group(plan, cls, placer, locations, hooked, desc, device, report)
+        if group is not None:
+            for v in [*plan.insert.get(cls, []), *(n.inputs[0] for n in plan.members.get(cls, []))]:
+                group_of_value[v] = group
     name_quantizers(model)
     for group in report.groups:
         group.name = group.quantizer.name
-
     for r in plan.residuals:
         quantized = [group_of_value[v].name if v in group_of_value else _describe(g, v) for v in r.quantize]
         report.residual_adds.append({"add": f"{r.node.target}@{r.node.module or '<model>'}",

@@ -2,11 +2,12 @@
 
 TensorRT 10+ strongly typed networks run each op in the type the graph gives it: an untyped (float32) region between
 Q/DQ pairs runs in FP32, slower than the FP16 an implicit-precision build would pick. This pass types those regions
-float16. QuantizeLinear/DequantizeLinear take float16 data and scales from opset 19 on; below that their data side
-must be float32, so casts are put around them (TensorRT folds a Cast next to a Q/DQ). Slots the ONNX schema types
-float32 (Resize scales) keep float32; ops without float16 support run in float32 between casts; shape subgraphs
-(Shape -> ... -> Range, YOLO grids) are left alone, TensorRT folds them while building. ONNX Runtime still runs the result (on CPU it inserts casts where it has no FP16
-kernel).
+float16. QuantizeLinear/DequantizeLinear take float16 data and scales from opset 19 on (export at opset 19 for a
+graph with no float32 left in the data path); below that their data side must be float32, so casts are put around
+them. Slots the ONNX schema types float32 (Resize scales) keep float32; ops without float16 support run in float32
+between casts; shape subgraphs (Shape -> ... -> Range: YOLO grids, resize sizes) are left alone, TensorRT computes
+them while building. ONNX Runtime still runs the result (on CPU it inserts casts where it has no FP16 kernel; with
+float16 Q/DQ at opset >= 19 use its basic graph optimizations, its int8 fusions reject them).
 """
 from __future__ import annotations
 
