@@ -175,6 +175,9 @@ def test_distillation_loss_matches_hand_computed_mse_and_trains_only_the_student
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in amax_parameters(model))
     assert not any(q.is_enabled for _, q in named_quantizers(teacher))
+    with torch.no_grad():
+        model(x)  # the model also runs outside the loss (evaluation): the hooks must keep nothing
+    assert not any(loss_fn._features[side] for side in ("student", "teacher"))
     with pytest.raises(ValueError, match="matches no module"):
         DistillationLoss(model, teacher, blocks=[r"backbone\.\d+"])
 
@@ -222,6 +225,9 @@ def test_quantizers_follow_the_model_and_state_dict():
     with torch.no_grad():
         assert torch.equal(twin.eval()(x), expected)  # buffers in the twin take the learned values
     assert not amax_parameters(twin)
+    on_meta = copy.deepcopy(model).to("meta")  # every amax is a registered tensor, so .to() reaches it
+    assert all(q._amax.device.type == "meta" for _, q in named_quantizers(on_meta))
+    assert len(amax_parameters(on_meta)) == len(amax_parameters(model)) == 6
     if torch.cuda.is_available():
         moved = copy.deepcopy(model).cuda()
         assert all(p.is_cuda for p in amax_parameters(moved))

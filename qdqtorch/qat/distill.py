@@ -123,6 +123,7 @@ class DistillationLoss(nn.Module):
         self.blocks = _resolve_blocks(inner, teacher, blocks)
         self._features: Dict[str, Dict[str, list]] = {"student": {}, "teacher": {}}
         self._handles = []
+        self._recording = False
         for side, model in (("student", inner), ("teacher", teacher)):
             modules = dict(model.named_modules())
             for name in self.blocks:
@@ -134,7 +135,8 @@ class DistillationLoss(nn.Module):
         store = self._features[side]
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            store.setdefault(name, []).append(output)
+            if self._recording:  # the model also runs outside the loss (evaluation): keep nothing then
+                store.setdefault(name, []).append(output)
         return hook
 
     def remove_hooks(self) -> None:
@@ -155,9 +157,13 @@ class DistillationLoss(nn.Module):
         for store in self._features.values():
             store.clear()
         self.teacher.train(unwrap(self.student).training)
-        with torch.no_grad():
-            t_out = self.teacher(*args, **kwargs)
-        s_out = self.student(*args, **kwargs)
+        self._recording = True
+        try:
+            with torch.no_grad():
+                t_out = self.teacher(*args, **kwargs)
+            s_out = self.student(*args, **kwargs)
+        finally:
+            self._recording = False
         self.student_output = s_out
         per_block: Dict[str, torch.Tensor] = {}
         for name in self.blocks:
