@@ -65,6 +65,8 @@ def run_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefilter", type=int, help="sweep only the K most sensitive units by proxy")
     s.add_argument("--budget", help="allowed drop against float: absolute (0.003) or relative (1%%)")
     s.add_argument("--budget-max-units", type=int, default=10, help="at most this many float units (default 10)")
+    s.add_argument("--budget-candidates", type=int, default=1, help="units tried per greedy step, best kept "
+                   "(default 1: walk the ranking; 3-5 copes better with interacting layers)")
     s.add_argument("--shard", help="K/N: evaluate only shard K (0-based) of N; combine with `merge`")
     s.add_argument("--fresh", action="store_true", help="discard journals in --out instead of resuming")
     s.add_argument("--no-overlap", action="store_true", help="do not score on a thread during the next inference")
@@ -126,7 +128,8 @@ def run_main(argv) -> int:
 
     args = vars(run_parser().parse_args(argv))
     sweep_keys = ("out", "metric", "lower_is_better", "mode", "unit", "block_depth", "reference", "topk",
-                  "recommend", "proxy_images", "prefilter", "budget", "budget_max_units", "shard", "fresh",
+                  "recommend", "proxy_images", "prefilter", "budget", "budget_max_units", "budget_candidates",
+                  "shard", "fresh",
                   "no_overlap", "no_prefix_reuse", "cache_mib", "no_chart", "quiet", "calibration", "calib_distributed")
     sweep = {k: args.pop(k) for k in sweep_keys}
     config = args.pop("config", None)
@@ -151,7 +154,8 @@ def run_main(argv) -> int:
         sweep_settings = SweepSettings(
             mode=sweep["mode"], unit=sweep["unit"], block_depth=sweep["block_depth"], reference=sweep["reference"],
             topk=sweep["topk"], prefilter=sweep["prefilter"], budget=sweep["budget"],
-            budget_max_units=sweep["budget_max_units"], recommend=sweep["recommend"],
+            budget_max_units=sweep["budget_max_units"], budget_candidates=sweep["budget_candidates"],
+            recommend=sweep["recommend"],
             shard=parse_shard(sweep["shard"]) if sweep["shard"] else None, overlap=not sweep["no_overlap"],
             prefix_reuse=not sweep["no_prefix_reuse"], cache_mib=sweep["cache_mib"],
             chart=not sweep["no_chart"])

@@ -87,9 +87,7 @@ def test_kill_9_mid_sweep_then_resume(reference, tmp_path):
     assert not (out / "sensitivity.json").exists()
     done = journal.read_text().count('"type": "result"')
     assert 3 <= done < 8
-    resumed = subprocess.run([sys.executable, str(SCRIPT), *TOY, "--out", str(out)], env=_env(),
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    assert _script().main(TOY + ["--out", str(out)]) == 0  # the same command again resumes
     result = json.loads((out / "sensitivity.json").read_text())
     assert result["timing"]["resumed_from_journal"] == done
     assert comparable(result) == reference

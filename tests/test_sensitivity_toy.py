@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import qdqtorch
-from qdqtorch.sensitivity import find_units, parse_budget, parse_shard, spearman
+from qdqtorch.sensitivity import find_units, parse_budget, parse_shard, select_within_budget, spearman
 from qdqtorch.sensitivity.jobs import FLOAT, QUANTIZED, baseline_jobs, enabled_quantizers, float_set_job, unit_jobs
 from qdqtorch.sensitivity.result import average_ranks
 
@@ -124,3 +124,23 @@ def test_spearman_against_formula():
     assert spearman(a, b) == pytest.approx(ref)
     assert spearman(a, [-x for x in a]) == pytest.approx(-1.0)
     assert spearman([1.0, 2.0], [1.0, 2.0]) is None
+
+
+def test_budget_search_against_exhaustive_choice():
+    """A metric where units interact: 'b' alone helps most, but 'a' (ranked first) hurts once 'b' is float."""
+    gains = {"a": 0.004, "b": 0.006, "c": 0.001, "d": -0.002}
+
+    def evaluate(names):
+        value = 0.990 + sum(gains[n] for n in names)
+        return value - (0.007 if {"a", "b"} <= set(names) else 0.0)
+
+    ranked = select_within_budget(evaluate, ["a", "b", "c", "d"], 1.0, 0.990, 0.003)
+    assert ranked["selected"] == ["a", "c"] and not ranked["within_budget"]  # 'b' after 'a' makes it worse
+    forward = select_within_budget(evaluate, ["a", "b", "c", "d"], 1.0, 0.990, 0.0031, candidates=3)
+    # step 1 tries a, b, c and keeps b (the best); step 2 tries a, c, d and keeps c (a now hurts)
+    assert forward["selected"] == ["b", "c"]
+    assert forward["verification"]["metric"] == pytest.approx(0.997)
+    assert forward["within_budget"] and forward["verification"]["within_budget"]
+    assert [s["kept"] for s in forward["steps"]] == [True, False, True, False, False, True, False]
+    capped = select_within_budget(evaluate, ["a", "b", "c", "d"], 1.0, 0.990, 0.0, candidates=3, max_units=1)
+    assert capped["selected"] == ["b"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import distributed as D
 from .budget import parse_budget, select_within_budget
@@ -38,6 +39,7 @@ class SweepSettings:
     prefilter: Optional[int] = None
     budget: Optional[str] = None
     budget_max_units: int = 10
+    budget_candidates: int = 1
     recommend: int = 3
     shard: Optional[Tuple[int, int]] = None
     overlap: bool = True
@@ -181,8 +183,13 @@ def _run_budget(evaluator: "Evaluator", units: Sequence[Unit], records: Dict[str
                           "units": [u.to_dict() for u in units]}, "", records)
     ranking = [e["unit"] for e in probe["entries"] if e["impact"] is not None and e["impact"] > 0]
 
+    bar = tqdm(desc="budget search", unit="eval", disable=not progress, dynamic_ncols=True)
+
     def evaluate(names: Sequence[str]) -> float:
-        return evaluator.evaluate(float_set_job(names, order, reuse_unit_keys=settings.mode == "disable-one"))
+        value = evaluator.evaluate(float_set_job(names, order, reuse_unit_keys=settings.mode == "disable-one"))
+        bar.update(1)
+        bar.set_postfix_str(f"{len(names)} float: {value:.4f}", refresh=False)
+        return value
 
     def verify(names: Sequence[str]) -> float:
         if verify_factory is not None:
@@ -196,11 +203,15 @@ def _run_budget(evaluator: "Evaluator", units: Sequence[Unit], records: Dict[str
         finally:
             evaluator.switch.restore()
 
-    return select_within_budget(evaluate, ranking, records[FLOAT]["metric"], records[QUANTIZED]["metric"], value,
-                                relative=relative, higher_is_better=evaluator.metric.higher_is_better,
-                                max_units=settings.budget_max_units, verify=verify,
-                                verify_method="fresh model quantized with the recommended ignore list"
-                                if verify_factory is not None else "in-place re-evaluation (not from the journal)")
+    try:
+        return select_within_budget(evaluate, ranking, records[FLOAT]["metric"], records[QUANTIZED]["metric"],
+                                    value, relative=relative, higher_is_better=evaluator.metric.higher_is_better,
+                                    max_units=settings.budget_max_units, candidates=settings.budget_candidates,
+                                    verify=verify,
+                                    verify_method="fresh model quantized with the recommended ignore list"
+                                    if verify_factory is not None else "in-place re-evaluation (not from the journal)")
+    finally:
+        bar.close()
 
 
 def merge_outputs(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path], *, topk: int = 20,
