@@ -174,15 +174,15 @@ def entropy_search(counts: torch.Tensor, num_bits: int = 8, unsigned: bool = Fal
     i = cand[:, None]
     j = torch.arange(levels + 1, device=n.device)[None, :]
     bounds = (j * i + levels - 1) // levels  # ceil(j * i / levels): first bin of level j
-    mass = mass_prefix[bounds[:, 1:]] - mass_prefix[bounds[:, :-1]]
-    used = used_prefix[bounds[:, 1:]] - used_prefix[bounds[:, :-1]]
-    level_term = torch.where(mass > 0, mass * torch.log(mass / used.clamp_min(1)), torch.zeros_like(mass)).sum(1)
+    mass = torch.diff(mass_prefix[bounds], dim=1)
+    used = torch.diff(used_prefix[bounds], dim=1).clamp_(min=1)
+    level_term = torch.xlogy(mass, mass / used).sum(1)  # xlogy: 0 where the level is empty
     i = cand
     below = mass_prefix[i]
     tail = total - below
     last = n[i - 1]
     last_level = ((i - 1) * levels) // i
-    q_last = mass.gather(1, last_level[:, None])[:, 0] / used.gather(1, last_level[:, None])[:, 0].clamp_min(1)
+    q_last = mass.gather(1, last_level[:, None])[:, 0] / used.gather(1, last_level[:, None])[:, 0]
     p_last = last + tail
     sum_plogp = nlogn_prefix[i - 1] + torch.where(p_last > 0, p_last * torch.log(p_last.clamp_min(1)), 0 * p_last)
     sum_plogq = level_term + torch.where(tail > 0, tail * torch.log(q_last.clamp_min(1e-300)), 0 * tail)
@@ -202,22 +202,20 @@ def mse_search(counts: torch.Tensor, num_bits: int = 8, unsigned: bool = False, 
     """
     n = counts.double()
     nbins = n.numel()
-    _, max_bound = quant_bounds(num_bits, unsigned)
+    _, bound = quant_bounds(num_bits, unsigned)
     centres = torch.arange(nbins, device=n.device, dtype=torch.float64) + 0.5
     p0, p1, p2 = _prefix(n), _prefix(n * centres), _prefix(n * centres * centres)
     cand = _candidates(nbins, start_bin, stride, n.device)
     i = cand[:, None]
-    m = torch.arange(max_bound + 2, device=n.device)[None, :]
-    # first bin whose centre rounds to level m: ceil(((2m - 1) i - B) / 2B), in exact integer arithmetic
-    lo = (-(-((2 * m - 1) * i - max_bound) // (2 * max_bound))).clamp(0, None)
-    lo = torch.minimum(lo, i)
-    lo[:, -1] = cand  # level B ends at amax (bin i)
-    a, b = lo[:, :-1], lo[:, 1:]
-    s0, s1, s2 = p0[b] - p0[a], p1[b] - p1[a], p2[b] - p2[a]
-    step = cand.double()[:, None] / max_bound
-    level = m[:, :-1].double() * step
-    inside = (s2 - 2 * level * s1 + level * level * s0).sum(1)
+    m = torch.arange(1, bound + 1, device=n.device)[None, :]
+    # first bin whose centre rounds to level m (1..B): ceil(((2m - 1) i - B) / 2B), exact integer arithmetic
+    starts = torch.minimum((-(-((2 * m - 1) * i - bound) // (2 * bound))).clamp_(min=0), i)
+    # sum_m over levels of sum n (c - m s)^2, by parts: p2[i] - 2 s (B p1[i] - sum_m p1[L_m])
+    #                                                    + s^2 (B^2 p0[i] - sum_m (2m - 1) p0[L_m])
     amax = cand.double()
+    step = amax / bound
+    inside = (p2[cand] - 2 * step * (bound * p1[cand] - p1[starts].sum(1))
+              + step * step * (bound * bound * p0[cand] - p0[starts] @ (2 * m[0] - 1).double()))
     clipped = (p2[-1] - p2[cand]) - 2 * amax * (p1[-1] - p1[cand]) + amax * amax * (p0[-1] - p0[cand])
     err = inside + clipped
     return int(cand[int(torch.argmin(err))])
