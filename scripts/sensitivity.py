@@ -72,8 +72,8 @@ def run_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-overlap", action="store_true", help="do not score on a thread during the next inference")
     s.add_argument("--no-prefix-reuse", action="store_true", help="recompute every block for every unit instead of "
                    "replaying the unchanged blocks' outputs from the reference pass")
-    s.add_argument("--cache-mib", type=float, help="memory for prefix reuse in MiB (default: a quarter of the free RAM, "
-                   "half the free GPU memory)")
+    s.add_argument("--cache-mib", type=float, help="memory for prefix reuse in MiB (default: a quarter of the free "
+                   "RAM, half the free GPU memory)")
     s.add_argument("--no-chart", action="store_true", help="skip sensitivity.png")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

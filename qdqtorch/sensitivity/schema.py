@@ -22,13 +22,16 @@ Top level (a JSON object):
   mse, cosine, q_min, q_max, f_min, f_max, f_hist}), `unit_scores`, `ranking`, `rank_correlation`: {`spearman`,
   `n`, `top5_overlap`} between proxy ranking and metric ranking over units that have both}.
 - `recommendation`: {`source` ("budget" | "top"), `units` kept float, `ignore` regexes for `QuantConfig.ignore`
-  (re.match on module paths), `config` (the QuantConfig dict with those regexes appended, or null when the base
-  config is unknown), `config_file`}.
-- `budget` (optional): {`budget`, `relative`, `target` (the metric value to reach), `steps`: [{`float_units`,
-  `metric`, `gap` (float − metric, sign-adjusted), `kept`}], `selected`, `within_budget`, `verification`:
-  {`method`, `metric`, `gap`, `within_budget`, `time_s`}}.
-- `timing`: {`created`, `total_s`, `evaluations_this_run`, ...}: volatile, like every `time_s`, `output_dir`,
-  `config_file` and the PTQ `out` folder; `comparable()` drops them.
+  (re.match on module paths), `config` (the content of sensitivity_config.yaml: the run's PTQ settings with the
+  regexes added to `ignore`, or a `quant:` QuantConfig section; null when the base config is unknown),
+  `config_file`}.
+- `budget` (optional): {`budget`, `relative`, `allowed` (absolute drop allowed), `target` (the metric value to
+  reach), `candidates` (units tried per greedy step), `steps`: [{`float_units`, `metric`, `gap` (float − metric,
+  sign-adjusted), `kept`}], `selected`, `within_budget`, `verification`: {`method` (a fresh model quantized with
+  the recommended ignore list, or an in-place re-evaluation), `metric`, `gap`, `within_budget`, `time_s`}}.
+- `timing`: {`created`, `total_s`, `evaluations_this_run`, `resumed_from_journal`, `world_size`, `prefix_reuse`
+  ({`replayed_blocks`, `cached_blocks`, `recorded_batches`, `cache_mib`} or null)}: volatile, like every
+  `time_s`, `output_dir`, `config_file` and the PTQ `out` folder; `comparable()` drops them.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from .metric import Metric, import_callable
 from .units import Unit
 
 CALIBRATION_KEYS = ("model", "repo", "fold_bn", "calib_data", "calib_split", "num_calib", "batch", "imgsz",
-                    "calib_method", "percentile", "weight_method", "ignore", "rules", "quant")
+                    "calib_method", "percentile", "weight_method", "ignore", "rules", "quant", "preprocess")
 
 
 def _is_callable_spec(spec: Optional[str]) -> bool:
@@ -139,7 +139,7 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
     eval_set = None
     if not _is_callable_spec(settings.model) or metric in COCO_KEYS:
         from ..data import Preprocess
-        preprocess = Preprocess(imgsz=settings.imgsz, stride=source.stride)
+        preprocess = Preprocess.from_dict({**settings.preprocess, "imgsz": settings.imgsz, "stride": source.stride})
     if metric in COCO_KEYS:
         if source.layout is None:
             raise ValueError(f"--metric {metric} needs a YOLO detector checkpoint; for a '--model module:function' "
