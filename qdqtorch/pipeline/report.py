@@ -50,8 +50,8 @@ def write_reports(summary: Dict[str, Any], out: Path) -> None:
         lines.append(f"  - `{name}` ({cls}) matched `{pattern}`")
     for pattern, near in quant.get("unmatched_ignore", {}).items():
         lines.append(f"  - WARNING: ignore pattern `{pattern}` matched nothing (nearest: {', '.join(near)})")
-    if "rules" in summary:
-        lines.append(f"- TensorRT rules: {len(summary['rules'].get('groups', []))} tied groups")
+    if "rules" in quant:
+        lines.append(f"- TensorRT rules: {len(quant['rules'].get('groups', []))} tied groups")
     if "onnx" in summary:
         check = summary.get("qdq_check", {})
         lines.append(f"- ONNX: `{Path(summary['onnx']).name}`; Q/DQ check: {len(check.get('errors', []))} errors, "

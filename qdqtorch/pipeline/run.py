@@ -98,12 +98,9 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
         log(f"float: {result}")
 
     config = _quant_config(settings, loaded.default_ignore)
-    report = quantize_model(model, config)
+    sample = next(eval_set.batches(1, settings.device))[1]
+    report = quantize_model(model, config, rules=settings.rules, example_input=sample)
     summary["quantization"] = {"config": config.to_dict(), **report.to_dict()}
-    if settings.rules == "tensorrt":
-        from ..rules import apply_tensorrt_rules
-        sample = next(eval_set.batches(1, settings.device))[1]
-        summary["rules"] = apply_tensorrt_rules(model, sample).to_dict()
 
     calib_source = settings.calib_data or settings.data
     loader = calibration_loader(calib_source, preprocess, batch_size=settings.batch, num_images=settings.num_calib,
@@ -124,7 +121,6 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     if settings.export:
         from ..export import check_qdq, export_onnx
         onnx_path = out / "model.qdq.onnx"
-        sample = next(eval_set.batches(1, settings.device))[1]
         t0 = time.perf_counter()
         export_onnx(PredictionOnly(model, layout), sample, onnx_path, opset=settings.opset,
                     metadata={"stride": loaded.stride, "names": dict(enumerate(loaded.names)), "task": "detect",

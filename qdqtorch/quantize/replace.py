@@ -24,12 +24,16 @@ class QuantReport:
     overridden: Dict[str, List[str]] = field(default_factory=dict)  # name -> override patterns applied
     unmatched_ignore: Dict[str, List[str]] = field(default_factory=dict)  # pattern -> nearest module names
     unmatched_overrides: Dict[str, List[str]] = field(default_factory=dict)
+    rules: Optional[Any] = None  # qdqtorch.rules.RulesReport when placement rules were applied
 
     def to_dict(self) -> dict:
         """JSON-able form for summaries."""
-        return {"replaced": [list(r) for r in self.replaced], "ignored": [list(r) for r in self.ignored],
+        data = {"replaced": [list(r) for r in self.replaced], "ignored": [list(r) for r in self.ignored],
                 "overridden": self.overridden, "unmatched_ignore": self.unmatched_ignore,
                 "unmatched_overrides": self.unmatched_overrides}
+        if self.rules is not None:
+            data["rules"] = self.rules.to_dict()
+        return data
 
     def __str__(self) -> str:
         lines = [f"quantized {len(self.replaced)} layers, kept {len(self.ignored)} float"]
@@ -38,6 +42,8 @@ class QuantReport:
         for kind, unmatched in (("ignore", self.unmatched_ignore), ("override", self.unmatched_overrides)):
             for pattern, near in unmatched.items():
                 lines.append(f"  WARNING {kind} pattern {pattern!r} matched no layer; nearest: {', '.join(near)}")
+        if self.rules is not None:
+            lines.append(str(self.rules))
         return "\n".join(lines)
 
 
@@ -83,12 +89,19 @@ def name_quantizers(model: nn.Module) -> None:
             module.name = name
 
 
-def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any], str, None] = None) -> QuantReport:
+def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any], str, None] = None, *,
+                   rules: Optional[str] = None, example_input: Any = None) -> QuantReport:
     """Replace (in place) every layer of a configured type with its quantized twin, except ignored ones.
 
     Replaced layers share the float layer's parameters. Returns a `QuantReport`; patterns that matched nothing are
-    reported with the nearest module names and warned about.
+    reported with the nearest module names and warned about. `rules="tensorrt"` then applies TensorRT's Q/DQ
+    placement rules (`qdqtorch.rules.apply_tensorrt_rules`), tracing the model once on `example_input`.
     """
+    if rules not in (None, "tensorrt"):
+        raise ValueError(f"quantize_model: unknown rules {rules!r}; use 'tensorrt' or None")
+    if rules is not None and example_input is None:
+        raise ValueError("quantize_model: rules='tensorrt' traces the model and needs example_input= (any input "
+                         "batch the model accepts)")
     config = resolve_config(config)
     mapping = config.module_map()
     if type(model) in mapping:
@@ -136,4 +149,8 @@ def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any
             warnings.warn(f"quantize_model: {kind} pattern {pattern!r} matched no layer (re.match against dotted "
                           f"module paths); nearest names: {near}", stacklevel=2)
     name_quantizers(model)
+    if rules == "tensorrt":
+        from ..rules import apply_tensorrt_rules  # the optional placement layer builds on this core
+        report.rules = apply_tensorrt_rules(model, example_input)
+        name_quantizers(model)
     return report
