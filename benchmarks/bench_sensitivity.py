@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import qdqtorch  # noqa: E402
+from _machine import machine  # noqa: E402
 from qdqtorch.pipeline import PTQSettings  # noqa: E402
 from qdqtorch.sensitivity import SweepSettings, find_units, run_sensitivity  # noqa: E402
 from qdqtorch.sensitivity.session import build_session  # noqa: E402
@@ -84,22 +83,6 @@ def naive_sweep(model, units, settings: PTQSettings, layout: str, out: Path, lim
     return results, times
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name()}"
-    if hasattr(os, "getloadavg"):
-        text += f", load average at start {os.getloadavg()[0]:.1f}"
-    return text
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,7 +100,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    where = machine()
+    where = machine(args.device)
     settings = PTQSettings(model=args.model, repo=args.repo, data=args.data, imgsz=args.imgsz,
                            num_eval=args.num_images, num_calib=args.num_calib, batch=args.batch, device=args.device,
                            scorer="fast", export=False)

@@ -33,7 +33,6 @@ import configparser
 import copy
 import fnmatch
 import json
-import os
 import platform
 import re
 import subprocess
@@ -52,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import qdqtorch  # noqa: E402
+from _machine import machine  # noqa: E402
 from qdqtorch.data import Preprocess, calibration_loader  # noqa: E402
 from qdqtorch.eval import EvalSet, evaluate  # noqa: E402
 from qdqtorch.models import PredictionOnly, load_model  # noqa: E402
@@ -437,23 +437,6 @@ def table(rows: List[Row]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    """CPU model, cores, threads and load (the timings depend on them)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name()} (unused: CPU run)"
-    if hasattr(os, "getloadavg"):
-        text += f", load average at start {os.getloadavg()[0]:.1f}"
-    return text
-
 
 def versions() -> Dict[str, str]:
     """Versions of everything in the table."""
@@ -523,7 +506,7 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", metavar="ROW", help=f"rows to run (patterns): {', '.join(ALL_KEYS)}")
     ap.add_argument("--smoke", action="store_true", help="16 calibration / 16 eval images at 320 (checks it runs)")
     ap.add_argument("--budget", default="1%", help="accuracy budget of the qdqtorch-budget row (abs or %%)")
-    ap.add_argument("--budget-base", default="rules-percentile", help="[rules-]METHOD the budget row starts from")
+    ap.add_argument("--budget-base", default="rules-mse", help="[rules-]METHOD the budget row starts from")
     ap.add_argument("--budget-images", type=int, default=64, help="train images the budget selection scores on")
     ap.add_argument("--budget-prefilter", type=int, default=8, help="sweep only the N worst layers by proxy")
     ap.add_argument("--budget-proxy", type=int, default=8, help="calibration images of the proxy pass")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..nn import TensorQuantizer
+from ._nested import clone_nested
 
 
 def default_limit_bytes(device: torch.device) -> int:
@@ -33,16 +34,6 @@ def default_limit_bytes(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.25)
     except (ValueError, OSError, AttributeError):
         return 2 << 30
-
-
-def _clone(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_clone(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    return value
 
 
 def _nbytes(value: Any) -> int:
@@ -123,7 +114,7 @@ class PrefixCache:
                 if name in dropped:
                     return
                 self.bytes += _nbytes(output)
-                self.outputs.setdefault(name, []).append(_clone(output))
+                self.outputs.setdefault(name, []).append(clone_nested(output))
                 while self.bytes > limit and self.outputs:  # drop the block that finishes last
                     last = max(self.outputs, key=lambda b: self.finish_order[b])
                     self.bytes -= sum(_nbytes(o) for o in self.outputs.pop(last))
@@ -201,7 +192,7 @@ class PrefixCache:
                     raise RuntimeError(f"prefix reuse: block {name} got a different input in batch {i} than in the "
                                        "reference pass; the metric must evaluate the same batches every time (or "
                                        "disable prefix reuse)")
-                return _clone(outs[i])
+                return clone_nested(outs[i])
             return forward
 
         for name in blocks:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..quantize import run_batch
 from .units import QuantizerSwitch, Unit, owner_of
+from ._nested import clone_nested
 
 HIST_BINS = 12
 _SAMPLES_PER_CALL = 4096
@@ -38,17 +39,6 @@ def _tensors(value: Any) -> List[torch.Tensor]:
 def _flat(value: Any) -> Optional[torch.Tensor]:
     parts = [t.detach().reshape(-1).float() for t in _tensors(value)]
     return torch.cat(parts) if parts else None
-
-
-def _clone(value: Any) -> Any:
-    """Deep copy of tensors (later in-place ops must not change what was captured)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_clone(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    return value
 
 
 @dataclass
@@ -197,7 +187,7 @@ def proxy_pass(model: nn.Module, batches: Iterable, units: Sequence[Unit], *,
     def hook(name: str):
         def fn(module, args, kwargs, output):
             if phase["now"] == "float":
-                captured.setdefault(name, []).append((_clone(args), _clone(kwargs), _flat(output)))
+                captured.setdefault(name, []).append((clone_nested(args), clone_nested(kwargs), _flat(output)))
             else:
                 calls = captured.get(name, [])
                 index = calls_seen.get(name, 0)
