@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import qdqtorch  # noqa: E402
-from _machine import machine  # noqa: E402
+from _common import machine  # noqa: E402
 from qdqtorch.pipeline import PTQSettings  # noqa: E402
 from qdqtorch.sensitivity import SweepSettings, find_units, run_sensitivity  # noqa: E402
 from qdqtorch.sensitivity.session import build_session  # noqa: E402

@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import qdqtorch  # noqa: E402
+from _common import add_protocol_args  # noqa: E402
 from qdqtorch.calib import HistogramCalibrator  # noqa: E402
 from qdqtorch.data import Preprocess, calibration_loader  # noqa: E402
 from qdqtorch.eval import EvalSet, evaluate  # noqa: E402
 from qdqtorch.models import load_model  # noqa: E402
 from qdqtorch.quantize import use_histogram_calibrators  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
 
 
 def clipped_share(calib: HistogramCalibrator, amax: float) -> float:
@@ -46,12 +46,7 @@ def set_amax(model: torch.nn.Module, amax: Dict[str, float]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(SHARED / "models/yolov5n.pt"))
-    p.add_argument("--repo", default=str(ROOT / "tests/fixtures/yolov5_repo"))
-    p.add_argument("--data", default=str(SHARED / "data/coco128/coco128.yaml"))
-    p.add_argument("--num-calib", type=int, default=128)
-    p.add_argument("--num-eval", type=int, default=None)
-    p.add_argument("--imgsz", type=int, default=640)
+    add_protocol_args(p)
     p.add_argument("--top", type=int, default=5, help="quantizers switched between entropy and mse")
     p.add_argument("--out", default=None)
     args = p.parse_args()

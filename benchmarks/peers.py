@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import qdqtorch  # noqa: E402
-from _machine import machine  # noqa: E402
+from _common import machine  # noqa: E402
 from qdqtorch.data import Preprocess, calibration_loader  # noqa: E402
 from qdqtorch.eval import EvalSet, evaluate  # noqa: E402
 from qdqtorch.models import PredictionOnly, load_model  # noqa: E402

@@ -1,11 +1,25 @@
-"""One line describing the machine a benchmark ran on (CPU model, cores, threads, GPU, load): timings depend on it."""
+"""What the benchmarks share: the reference protocol's command-line defaults and a one-line machine description."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """The reference protocol's inputs (YOLOv5n, coco128 yaml, 128 + 128 images at 640) as overridable options."""
+    p.add_argument("--model", default=str(SHARED / "models/yolov5n.pt"))
+    p.add_argument("--repo", default=str(ROOT / "tests/fixtures/yolov5_repo"))
+    p.add_argument("--data", default=str(SHARED / "data/coco128/coco128.yaml"))
+    p.add_argument("--num-calib", type=int, default=128)
+    p.add_argument("--num-eval", type=int, default=None, help="default: the whole val split (128)")
+    p.add_argument("--imgsz", type=int, default=640)
 
 
 def machine(device: str = "cpu") -> str:
