@@ -32,7 +32,6 @@ from qdqtorch.models import PredictionOnly, load_model  # noqa: E402
 from qdqtorch.quantize import use_histogram_calibrators  # noqa: E402
 
 
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_protocol_args(p)

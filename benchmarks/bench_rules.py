@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import machine  # noqa: E402
 from qdqtorch.data import Preprocess, calibration_loader  # noqa: E402
 from qdqtorch.eval import EvalSet, evaluate  # noqa: E402
 from qdqtorch.models import PredictionOnly, load_model  # noqa: E402
@@ -79,7 +79,7 @@ def main() -> None:
     eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval)
     kw = dict(layout=loaded.layout, batch_size=args.batch, progress=False)
     results = {"settings": vars(args), "torch": torch.__version__, "images": {"eval": len(eval_set)},
-               "machine": platform.processor() or platform.machine()}
+               "machine": machine()}
     t0 = time.perf_counter()
     results["float"] = evaluate(loaded.model, eval_set, **kw).to_dict()
     print(f"float: {results['float']['map50_95']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)

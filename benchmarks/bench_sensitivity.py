@@ -83,7 +83,6 @@ def naive_sweep(model, units, settings: PTQSettings, layout: str, out: Path, lim
     return results, times
 
 
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHARED / "models" / "yolov5n.pt"))

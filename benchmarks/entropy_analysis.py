@@ -29,7 +29,6 @@ from qdqtorch.models import load_model  # noqa: E402
 from qdqtorch.quantize import use_histogram_calibrators  # noqa: E402
 
 
-
 def clipped_share(calib: HistogramCalibrator, amax: float) -> float:
     """Share of the collected |x| mass above `amax` (from the histogram's bin centres)."""
     counts = calib.counts.double()
@@ -62,8 +61,8 @@ def main() -> None:
     rows, amax = [], {m: {} for m in ("max", "entropy", "mse")}
     for name, q in qdqtorch.named_quantizers(model):
         calib = q._calibrator
-        if not isinstance(calib, HistogramCalibrator) or calib.num_collected == 0:
-            continue
+        if not isinstance(calib, HistogramCalibrator) or calib.num_collected == 0 or calib.max_value == 0:
+            continue  # unreached or all-zero (dead) inputs have no clipping to compare
         for m in amax:
             amax[m][name] = float(calib.compute_amax(m))
         rows.append({"quantizer": name, "max": amax["max"][name], "entropy": amax["entropy"][name],

@@ -222,12 +222,14 @@ def run_budget(p: Protocol, keys: List[str]) -> List[Row]:
         for q in units[name].quantizers:
             quantizers[q].disable()
     verified = budget["verification"]["metric"]
+    reached = "within budget" if budget["verification"]["within_budget"] else (
+        f"budget NOT reached: the {a.budget_prefilter} prefiltered layers ran out")
     row = Row("qdqtorch-budget", "qdqtorch " + qdqtorch.__version__,
               f"{a.budget_base} + budget {a.budget} ({len(selected)} layer(s) float)", calib_s=calib_s + sweep_s,
               notes=[f"float layers: {', '.join(selected) or 'none'}",
                      f"calibration {calib_s:.1f} s + sensitivity sweep {sweep_s:.1f} s (proxy on {seen} images, "
                      f"{a.budget_prefilter} worst layers swept; selected on {len(train)} train images: "
-                     f"{verified:.4f} vs float {result['baselines']['float']['metric']:.4f})"])
+                     f"{verified:.4f} vs float {result['baselines']['float']['metric']:.4f}, {reached})"])
     p.score(model, row)
     _print_row(row)
     return [row]
@@ -435,7 +437,6 @@ def table(rows: List[Row]) -> str:
         lines.append(f"| {key} | {r.tool} | {r.config} | {fmt(r.map50_95, 4)} | {fmt(r.map50, 4)} | "
                      f"{fmt(r.calib_s, 1)} | {note} |")
     return "\n".join(lines)
-
 
 
 def versions() -> Dict[str, str]:
