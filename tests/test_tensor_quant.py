@@ -103,3 +103,22 @@ def test_half_input_keeps_dtype():
     out = q(x)
     assert out.dtype == torch.float16
     assert torch.allclose(out.float(), fake_tensor_quant(x.float(), torch.tensor(1.0)), atol=1e-3)
+
+
+@pytest.mark.parametrize("bits,unsigned,narrow", [(8, False, True), (8, False, False), (8, True, True), (4, False, True)])
+def test_cpu_inference_path_is_bit_identical_to_torch_kernel(bits, unsigned, narrow):
+    """Under no_grad on CPU fake_tensor_quant skips torch's fused kernel; its values must not change by one bit,
+    including exact .5 ties, values beyond amax, and many scales."""
+    from qdqtorch.tensor_quant import quant_bounds
+    torch.manual_seed(bits)
+    lo, hi = quant_bounds(bits, unsigned, narrow)
+    for amax in [1e-6, 0.013, 0.7, 1.0, 2.5, 3.3, 117.0, 4e4]:
+        scale = torch.tensor(amax, dtype=torch.float32) / hi
+        ties = (torch.arange(-2 * hi - 3, 2 * hi + 3, dtype=torch.float32) / 2) * scale
+        x = torch.cat([torch.randn(5000) * amax * 1.5, ties, torch.tensor([0.0, -0.0, amax, -amax])])
+        expected = torch.fake_quantize_per_tensor_affine(x, scale, torch.zeros((), dtype=torch.int32), lo, hi)
+        with torch.no_grad():
+            out = fake_tensor_quant(x, torch.tensor(amax), bits, unsigned, narrow)
+        assert torch.equal(out, expected), f"amax {amax}: {(out != expected).sum()} values differ"
+    y = torch.randn(100, requires_grad=True)  # autograd keeps the fused kernel and its straight-through mask
+    assert fake_tensor_quant(y, torch.tensor(1.0)).grad_fn is not None
