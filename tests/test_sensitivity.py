@@ -229,7 +229,7 @@ def test_proxy_numbers_match_a_direct_computation():
 def test_prefix_reuse_gives_identical_results(tmp_path, mode):
     fast = run(tmp_path / "reuse", mode=mode)
     slow = run(tmp_path / "full", mode=mode, prefix_reuse=False)
-    assert fast["timing"]["prefix_reuse"]["replayed_blocks"] > 0
+    assert fast["timing"]["prefix_reuse"]["replayed_modules"] > 0
     assert slow["timing"]["prefix_reuse"] is None
     assert comparable(fast)["entries"] == comparable(slow)["entries"]
     assert comparable(fast)["baselines"] == comparable(slow)["baselines"]
@@ -242,10 +242,10 @@ def test_prefix_reuse_gives_identical_results(tmp_path, mode):
 
 def test_prefix_reuse_with_a_cache_too_small_for_all_blocks(tmp_path):
     full = run(tmp_path / "full", prefix_reuse=False)
-    with pytest.warns(UserWarning, match="caching only the first"):
-        small = run(tmp_path / "small", cache_mib=0.1)  # ~3 of the 11 blocks' outputs fit
+    with pytest.warns(UserWarning, match=r"caching \d+ of \d+"):
+        small = run(tmp_path / "small", cache_mib=0.1)  # ~3 of the cacheable outputs fit
     stats = small["timing"]["prefix_reuse"]
-    assert 0 < stats["cached_blocks"] < 11 and stats["replayed_blocks"] > 0 and stats["cache_mib"] <= 0.1
+    assert 0 < stats["cached_modules"] < 11 and stats["replayed_modules"] > 0 and stats["cache_mib"] <= 0.1
     assert comparable(small)["entries"] == comparable(full)["entries"]
 
 
@@ -258,3 +258,73 @@ def test_prefix_reuse_refuses_a_metric_with_changing_inputs(tmp_path):
     with pytest.raises(RuntimeError, match="same batches every time"):
         run_sensitivity(broken_toy(), Metric(drifting, "drift"), tmp_path, SweepSettings(chart=False),
                         progress=False)
+
+
+def _recorded_cache(model):
+    from qdqtorch.sensitivity.prefix_cache import PrefixCache
+    cache = PrefixCache(model, "")
+    with cache.recording("baseline"):
+        metric(model)
+    return cache
+
+
+def test_prefix_reuse_replays_submodules_before_the_change_inside_a_block():
+    model = quantized_toy()
+    cache = _recorded_cache(model)
+    # block 4 = conv 4.0, relu 4.1, conv 4.2: a change in 4.2 still replays 4.0/4.1 (not worth caching is the
+    # last module of each block: nothing quantized runs after it inside its parent)
+    assert {"4.0", "4.1"} <= set(cache.outputs) and "4.2" not in cache.outputs and "8" not in cache.outputs
+    changed = {"4.2._input_quantizer", "4.2._weight_quantizer"}
+    assert cache.safe_modules(changed) == ["0", "1", "2", "3", "4.0", "4.1"]
+    assert cache.safe_modules({"4.0._input_quantizer"}) == ["0", "1", "2", "3"]
+    # replaying gives exactly a full forward with the change applied
+    quantizers = dict(qdqtorch.named_quantizers(model))
+    for name in changed:
+        quantizers[name].disable()
+    expected = metric(model)
+    with cache.replaying(cache.safe_modules(changed)):
+        assert metric(model) == expected
+    assert not cache.copy_on_replay
+
+
+class _EditThenConv(torch.nn.Module):
+    """A conv that first adds 1 to its input in place, from the moment `active` is set."""
+
+    def __init__(self, active: bool) -> None:
+        super().__init__()
+        self.active = active
+        self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x.add_(1) if self.active else x + 1)
+
+
+def _editing_toy(active: bool):
+    model = build_model()
+    model[2] = _EditThenConv(active)  # edits block 1's output
+    qdqtorch.quantize_model(model)
+    qdqtorch.calibrate(model, calib_batches(), progress=False)
+    return model
+
+
+def test_prefix_reuse_copies_outputs_that_later_code_edits_in_place(tmp_path):
+    cache = _recorded_cache(_editing_toy(True))
+    assert "1" in cache.copy_on_replay and "0" not in cache.copy_on_replay
+    fast, slow = run(tmp_path / "a", model=_editing_toy(True)), run(tmp_path / "b", model=_editing_toy(True),
+                                                                     prefix_reuse=False)
+    assert fast["timing"]["prefix_reuse"]["replayed_modules"] > 0
+    assert comparable(fast)["entries"] == comparable(slow)["entries"]
+
+
+def test_prefix_reuse_stops_when_a_shared_output_is_edited_after_recording():
+    model = _editing_toy(False)
+    cache = _recorded_cache(model)
+    assert "1" in cache.outputs and not cache.copy_on_replay
+    model[2].active = True  # from now on block 2 edits block 1's (shared, replayed) output
+    changed = {"2.conv._input_quantizer"}
+    dict(qdqtorch.named_quantizers(model))["2.conv._input_quantizer"].disable()
+    expected = metric(model)
+    with pytest.warns(UserWarning, match="modified in place"):
+        with cache.replaying(cache.safe_modules(changed)):
+            assert metric(model) == expected  # the job that saw the edit is still exact
+    assert not cache.ready and cache.safe_modules(changed) == []

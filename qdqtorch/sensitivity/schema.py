@@ -30,7 +30,7 @@ Top level (a JSON object):
   sign-adjusted), `kept`}], `selected`, `within_budget`, `verification`: {`method` (a fresh model quantized with
   the recommended ignore list, or an in-place re-evaluation), `metric`, `gap`, `within_budget`, `time_s`}}.
 - `timing`: {`created`, `total_s`, `evaluations_this_run`, `resumed_from_journal`, `world_size`, `prefix_reuse`
-  ({`replayed_blocks`, `cached_blocks`, `recorded_batches`, `cache_mib`} or null)}: volatile, like every
+  ({`replayed_modules`, `cached_modules`, `recorded_batches`, `cache_mib`} or null)}: volatile, like every
   `time_s`, `output_dir`, `config_file` and the PTQ `out` folder; `comparable()` drops them.
 """
 from __future__ import annotations

@@ -74,7 +74,7 @@ class Evaluator:
                     self._forward()
                 start = time.perf_counter()
             self.switch.set_enabled(on)
-            with self.prefix.replaying(self.prefix.safe_blocks(on ^ self._reference_on)):
+            with self.prefix.replaying(self.prefix.safe_modules(on ^ self._reference_on)):
                 return self._forward(), time.perf_counter() - start
         finally:
             self.switch.restore()
