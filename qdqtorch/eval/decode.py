@@ -1,6 +1,7 @@
 """Decoding raw YOLO head outputs (YOLOv5 and Ultralytics layouts) and class-aware, multi-label NMS over a batch."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
@@ -108,6 +109,51 @@ def _candidates(pred: torch.Tensor, layout: str, conf_thres: float, multi_label:
     return img[row], boxes[row], score, cls, nc
 
 
+@dataclass
+class Candidates:
+    """One batch's (box, class) pairs above the confidence threshold, ready for NMS (on pred's device)."""
+
+    batch_size: int
+    image: torch.Tensor   # (n,) index of the image in the batch
+    boxes: torch.Tensor   # (n, 4) xyxy in network-input pixels
+    score: torch.Tensor   # (n,)
+    cls: torch.Tensor     # (n,) class index
+    nc: int
+
+
+def nms_candidates(pred: torch.Tensor, layout: str, conf_thres: float = 0.001, multi_label: bool = True,
+                   max_candidates: int = 30000, nc: Optional[int] = None) -> Candidates:
+    """The dense half of NMS: threshold the raw predictions (every class above `conf_thres` with `multi_label`,
+    else the best class only) and keep at most `max_candidates` per image (the best)."""
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"conf_thres must be in [0, 1], got {conf_thres}")
+    bsz = pred.shape[0]
+    img, boxes, score, cls, ncls = _candidates(pred, layout, conf_thres, multi_label, nc)
+    if score.numel() and torch.bincount(img, minlength=bsz).max() > max_candidates:
+        by_score = torch.sort(score, descending=True, stable=True).indices
+        top = by_score[_rank_within(img[by_score]) < max_candidates]
+        img, boxes, score, cls = img[top], boxes[top], score[top], cls[top]
+    return Candidates(bsz, img, boxes, score, cls, ncls)
+
+
+def suppress(c: Candidates, iou_thres: float = 0.65, max_det: int = 300, agnostic: bool = False) -> List[torch.Tensor]:
+    """The sparse half of NMS: class-aware (per image and class, unless `agnostic`) suppression; per image an
+    (n, 6) tensor of [x1, y1, x2, y2, score, class], best first, at most `max_det`."""
+    if not 0 <= iou_thres <= 1:
+        raise ValueError(f"iou_thres must be in [0, 1], got {iou_thres}")
+    img, boxes, score, cls = c.image, c.boxes, c.score, c.cls
+    keep = _grouped_nms(boxes, score, img if agnostic else img * c.nc + cls, iou_thres)
+    # order kept boxes by image, then score; cap each image at max_det
+    keep = keep[torch.sort(score[keep], descending=True, stable=True).indices]
+    keep = keep[torch.sort(img[keep], stable=True).indices]
+    counts = torch.bincount(img[keep], minlength=c.batch_size)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(keep.numel(), device=keep.device) - starts[img[keep]]
+    keep = keep[rank < max_det]
+    det = torch.cat((boxes[keep], score[keep, None], cls[keep, None].float()), dim=1)
+    return list(torch.split(det, counts.clamp(max=max_det).tolist()))
+
+
 def non_max_suppression(pred: torch.Tensor, layout: str, conf_thres: float = 0.001, iou_thres: float = 0.65,
                         max_det: int = 300, multi_label: bool = True, agnostic: bool = False,
                         max_candidates: int = 30000, nc: Optional[int] = None) -> List[torch.Tensor]:
@@ -120,19 +166,5 @@ def non_max_suppression(pred: torch.Tensor, layout: str, conf_thres: float = 0.0
     """
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
         raise ValueError(f"conf_thres and iou_thres must be in [0, 1], got {conf_thres}, {iou_thres}")
-    bsz = pred.shape[0]
-    img, boxes, score, cls, ncls = _candidates(pred, layout, conf_thres, multi_label, nc)
-    if score.numel() and torch.bincount(img, minlength=bsz).max() > max_candidates:
-        by_score = torch.sort(score, descending=True, stable=True).indices
-        top = by_score[_rank_within(img[by_score]) < max_candidates]
-        img, boxes, score, cls = img[top], boxes[top], score[top], cls[top]
-    keep = _grouped_nms(boxes, score, img if agnostic else img * ncls + cls, iou_thres)
-    # order kept boxes by image, then score; cap each image at max_det
-    keep = keep[torch.sort(score[keep], descending=True, stable=True).indices]
-    keep = keep[torch.sort(img[keep], stable=True).indices]
-    counts = torch.bincount(img[keep], minlength=bsz)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(keep.numel(), device=keep.device) - starts[img[keep]]
-    keep = keep[rank < max_det]
-    det = torch.cat((boxes[keep], score[keep, None], cls[keep, None].float()), dim=1)
-    return list(torch.split(det, counts.clamp(max=max_det).tolist()))
+    candidates = nms_candidates(pred, layout, conf_thres, multi_label, max_candidates, nc)
+    return suppress(candidates, iou_thres, max_det, agnostic)

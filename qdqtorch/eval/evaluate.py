@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .decode import non_max_suppression
+from .decode import Candidates, nms_candidates, suppress
 from .eval_set import EvalSet
 from .scoring import Detections
 
@@ -66,11 +66,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def detect(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: float = 0.001, iou_thres: float = 0.65,
-           max_det: int = 300, batch_size: int = 16, device: Union[str, torch.device, None] = None,
-           select: Optional[Callable[[Any], torch.Tensor]] = None, multi_label: bool = True,
-           agnostic: bool = False, progress: bool = True) -> Tuple[Detections, Dict[str, float]]:
-    """Run the model over the eval set and return detections in original-image pixels (COCO ids) + timings."""
+@dataclass
+class Predictions:
+    """The raw half of a detection run: NMS candidates per batch (on the model's device) + inference timings.
+
+    Kept apart from the suppression so a caller (the sensitivity sweep) can suppress and score one run on a
+    worker thread while the next run's inference proceeds.
+    """
+
+    batches: List[Tuple[int, Candidates]]   # (index of the batch's first image, its candidates)
+    timings: Dict[str, float]
+
+
+def predict(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: float = 0.001, batch_size: int = 16,
+            device: Union[str, torch.device, None] = None, select: Optional[Callable[[Any], torch.Tensor]] = None,
+            multi_label: bool = True, progress: bool = True) -> Predictions:
+    """Run the model over the eval set (eval mode, no_grad) and keep each batch's above-threshold candidates."""
     model_device, model_dtype = _model_device_dtype(model)
     device = torch.device(device) if device is not None else model_device
     mismatch = device.type != model_device.type or (device.index is not None and model_device.index is not None
@@ -78,8 +89,8 @@ def detect(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: floa
     if mismatch and any(True for _ in model.parameters()):
         raise ValueError(f"the model is on {model_device} but device={device}; move the model first (model.to())")
     select = select or _first_tensor
-    lut = torch.tensor(eval_set.category_ids, dtype=torch.int64)
-    parts, t_inf, t_nms = [], 0.0, 0.0
+    out: List[Tuple[int, Candidates]] = []
+    t_inf, t_cand = 0.0, 0.0
     was_training = model.training
     model.eval()
     try:
@@ -92,15 +103,39 @@ def detect(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: floa
                 pred = select(model(x))
                 _sync(device)
                 t1 = time.perf_counter()
-                dets = non_max_suppression(pred, layout, conf_thres, iou_thres, max_det, multi_label, agnostic)
-                dets = [d.cpu() for d in dets]
-                t2 = time.perf_counter()
-                t_inf, t_nms = t_inf + t1 - t0, t_nms + t2 - t1
-                for k, det in enumerate(dets):
-                    parts.append(_to_coco(det, start + k, eval_set, lut))
+                out.append((start, nms_candidates(pred, layout, conf_thres, multi_label)))
+                _sync(device)
+                t_inf, t_cand = t_inf + t1 - t0, t_cand + time.perf_counter() - t1
     finally:
         model.train(was_training)
-    return Detections.concat(parts), {"inference": t_inf, "nms": t_nms}
+    return Predictions(out, {"inference": t_inf, "nms": t_cand})
+
+
+def suppress_predictions(predictions: Predictions, eval_set: EvalSet, *, iou_thres: float = 0.65,
+                         max_det: int = 300, agnostic: bool = False) -> Tuple[Detections, Dict[str, float]]:
+    """NMS on every batch of `predictions` → detections in original-image pixels (COCO ids) + timings."""
+    lut = torch.tensor(eval_set.category_ids, dtype=torch.int64)
+    parts = []
+    t0 = time.perf_counter()
+    for start, candidates in predictions.batches:
+        dets = [d.cpu() for d in suppress(candidates, iou_thres, max_det, agnostic)]
+        for k, det in enumerate(dets):
+            parts.append(_to_coco(det, start + k, eval_set, lut))
+    timings = dict(predictions.timings)
+    timings["nms"] += time.perf_counter() - t0
+    return Detections.concat(parts), timings
+
+
+def detect(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: float = 0.001, iou_thres: float = 0.65,
+           max_det: int = 300, batch_size: int = 16, device: Union[str, torch.device, None] = None,
+           select: Optional[Callable[[Any], torch.Tensor]] = None, multi_label: bool = True,
+           agnostic: bool = False, progress: bool = True) -> Tuple[Detections, Dict[str, float]]:
+    """Run the model over the eval set and return detections in original-image pixels (COCO ids) + timings."""
+    if not 0 <= iou_thres <= 1:   # before inference, not after it
+        raise ValueError(f"iou_thres must be in [0, 1], got {iou_thres}")
+    predictions = predict(model, eval_set, layout=layout, conf_thres=conf_thres, batch_size=batch_size,
+                          device=device, select=select, multi_label=multi_label, progress=progress)
+    return suppress_predictions(predictions, eval_set, iou_thres=iou_thres, max_det=max_det, agnostic=agnostic)
 
 
 def _to_coco(det: torch.Tensor, index: int, eval_set: EvalSet, lut: torch.Tensor) -> Detections:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from torch import nn
 
@@ -12,8 +12,9 @@ COCO_KEYS = ("map50_95", "map50")
 
 
 class CocoMetric(Metric):
-    """mAP of `model` on `eval_set` (images decoded and letterboxed once); `infer` runs the model and the batched
-    NMS, `score` runs the COCO scorer, so the sweep can score one unit while the next one runs inference."""
+    """mAP of `model` on `eval_set` (images decoded and letterboxed once); `infer` runs the model down to the NMS
+    candidates, `score` runs the suppression and the COCO scorer, so the sweep can score one unit while the next
+    one runs inference."""
 
     def __init__(self, eval_set: Any, layout: str, key: str = "map50_95", *, scorer: str = "fast",
                  batch_size: int = 16, conf_thres: float = 0.001, iou_thres: float = 0.65, max_det: int = 300,
@@ -22,8 +23,8 @@ class CocoMetric(Metric):
             raise ValueError(f"COCO metric {key!r}: choose one of {COCO_KEYS}")
         self.eval_set, self.layout, self.key = eval_set, layout, key
         self.scorer_name = scorer
-        self.kwargs = dict(layout=layout, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
-                           batch_size=batch_size, progress=False)
+        self.predict_kwargs = dict(layout=layout, conf_thres=conf_thres, batch_size=batch_size, progress=False)
+        self.suppress_kwargs = dict(iou_thres=iou_thres, max_det=max_det)
         self._scorer = eval_set.scorer(scorer)  # built once (and fails early if pycocotools is missing)
         files = hashlib.sha256("\n".join(str(p) for p in eval_set.paths).encode()).hexdigest()
         h, w = eval_set.preprocess.hw
@@ -34,15 +35,16 @@ class CocoMetric(Metric):
                                   f"at {h}x{w}, COCO {key} ({scorer} scorer)"}
         super().__init__(self.__call__, f"coco_{key}", True, description)
 
-    def infer(self, model: nn.Module) -> Tuple[Any, dict]:
-        """Inference and NMS over the whole eval set: detections in COCO terms (+ timings)."""
-        from ..eval import detect
-        return detect(model, self.eval_set, **self.kwargs)
+    def infer(self, model: nn.Module) -> Any:
+        """Inference over the whole eval set, down to the NMS candidates (the part that needs the model)."""
+        from ..eval import predict
+        return predict(model, self.eval_set, **self.predict_kwargs)
 
-    def score(self, raw: Tuple[Any, dict]) -> float:
-        """COCO AP of the detections."""
-        result = self._scorer.score(raw[0])
-        return float(getattr(result, self.key))
+    def score(self, raw: Any) -> float:
+        """Suppression, then the COCO AP of the detections (the part that can overlap the next inference)."""
+        from ..eval import suppress_predictions
+        detections, _ = suppress_predictions(raw, self.eval_set, **self.suppress_kwargs)
+        return float(getattr(self._scorer.score(detections), self.key))
 
     def __call__(self, model: nn.Module) -> float:
         return self.score(self.infer(model))
