@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import __version__
+from ..host_memory import reuse_freed_memory
 from ..quantize import QuantConfig, calibrate, quantize_model, save_calibration
 from .report import write_reports
 from .settings import PTQSettings
@@ -63,6 +64,7 @@ def _eval_set(settings: PTQSettings, preprocess, names, progress: bool):
                              progress=progress)
 
 
+@reuse_freed_memory()
 def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQResult:
     """Run one PTQ job and write summary.json, report.md, calibration.json and model.qdq.onnx to settings.out."""
     from ..data import Preprocess, calibration_loader

@@ -19,6 +19,7 @@ from .jobs import (FLOAT, MODES, QUANTIZED, baseline_jobs, enabled_quantizers, f
 from .journal import FingerprintMismatch, Journal, discard, journal_paths, load_results, read_journal
 from .metric import Metric, as_metric, check_value
 from .proxy import proxy_markdown, proxy_pass
+from ..host_memory import reuse_freed_memory
 from ..quantize import atomic_write_text
 from .report import write_outputs
 from .result import build_result
@@ -77,6 +78,7 @@ def _journal_name(shard: Optional[Tuple[int, int]], rank: int, world: int) -> st
     return "journal.jsonl"
 
 
+@reuse_freed_memory()
 def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module], float], str],
                     out_dir: Union[str, Path], settings: Optional[SweepSettings] = None, *,
                     proxy_data: Optional[Iterable] = None, proxy_preprocess: Optional[Callable] = None,
@@ -93,6 +95,7 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
     `base_config` ({"kind": "ptq" | "quant", "data": dict}) is what the recommended config file extends.
     `verify_factory(float_units)` may build a fresh model quantized with the recommended ignore list for the
     budget's verification. Returns the sensitivity.json dict (a partial one for a shard), None on ranks > 0.
+    Runs under `reuse_freed_memory` (the repeated evaluations reuse host memory instead of page-faulting).
     """
     settings = settings or SweepSettings()
     metric = as_metric(metric)
