@@ -8,7 +8,9 @@ same units on the same images:
   quantizers, run inference, NMS one image at a time, score with pycocotools from scratch, rewrite the results JSON
   (the recipe of the YOLOv7 PTQ course / yolo_deepstream scripts).
 The naive loop may be limited to the first --naive-units units; its per-unit time is then extrapolated to all units
-and the report says so. Both sides' metrics are compared unit by unit (the two COCO scorers agree to 1e-4).
+and the report says so. `run_sensitivity` keeps freed host memory for reuse (`qdqtorch.reuse_freed_memory`); the
+naive loop runs under the same allocator setting by default, so the ratio measures the sweep's design, not the
+allocator (`--naive-allocator default` times it as the seed scripts run, `both` times both). Both sides' metrics are compared unit by unit (the two COCO scorers agree to 1e-4).
 
     python benchmarks/bench_sensitivity.py --imgsz 320 --num-images 32 --threads 1
     python benchmarks/bench_sensitivity.py --device cuda          # 128 images at 640 on a GPU
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -95,6 +98,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--naive-units", type=int, help="time the naive loop on the first N units only (default all)")
+    p.add_argument("--naive-allocator", choices=["reuse", "default", "both"], default="reuse",
+                   help="host allocator setting of the naive loop (default: reuse, the same as the sweep)")
+    p.add_argument("--cache-mib", type=float, help="prefix-reuse memory limit of the sweep (default: the library's)")
     p.add_argument("--json", help="write the measurements here")
     args = p.parse_args()
     if args.threads:
@@ -110,24 +116,34 @@ def main() -> None:
         setup_s = time.perf_counter() - t0
         units = find_units(session.model)
         t0 = time.perf_counter()
-        result = run_sensitivity(session.model, session.metric, out / "fast", SweepSettings(chart=False),
+        result = run_sensitivity(session.model, session.metric, out / "fast", SweepSettings(chart=False, cache_mib=args.cache_mib),
                                  progress=True)
         fast_s = time.perf_counter() - t0
         evaluations = len(units) + 2
         limit = min(args.naive_units or len(units), len(units))
-        naive, times = naive_sweep(session.model, units, settings, session.metric.layout, out, limit)
-    per_naive = sum(times) / len(times)
-    naive_total = per_naive * (len(units) + 2)  # + the two baselines, evaluated the same way
+        naive_runs = {}
+        for allocator in (["reuse", "default"] if args.naive_allocator == "both" else [args.naive_allocator]):
+            with qdqtorch.reuse_freed_memory(enabled=allocator == "reuse"):
+                naive_runs[allocator] = naive_sweep(session.model, units, settings, session.metric.layout, out,
+                                                    limit)
     fast_metrics = {e["unit"]: e["metric"] for e in result["entries"]}
-    diff = max(abs(fast_metrics[n] - v) for n, v in naive.items())
+    diff = max(abs(fast_metrics[n] - v) for naive, _ in naive_runs.values() for n, v in naive.items())
+    naive_rows = {}
+    for allocator, (_, times) in naive_runs.items():
+        per_naive = sum(times) / len(times)
+        naive_total = per_naive * (len(units) + 2)  # + the two baselines, evaluated the same way
+        naive_rows[allocator] = {
+            "naive_per_eval_s": round(per_naive, 3),
+            "naive_sweep_s" + (" (extrapolated)" if limit < len(units) else ""): round(naive_total, 2),
+            "speedup": round(naive_total / fast_s, 2)}
     report = {
         "machine": where, "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "images": args.num_images, "imgsz": args.imgsz, "batch": args.batch, "units": len(units),
         "setup_s (load, cache images, calibrate once)": round(setup_s, 2),
         "qdqtorch_sweep_s": round(fast_s, 2), "qdqtorch_per_eval_s": round(fast_s / evaluations, 3),
-        "naive_units_timed": limit, "naive_per_eval_s": round(per_naive, 3),
-        "naive_sweep_s" + (" (extrapolated)" if limit < len(units) else ""): round(naive_total, 2),
-        "speedup": round(naive_total / fast_s, 2), "max_metric_difference": diff,
+        "prefix_reuse": result["timing"]["prefix_reuse"],
+        "naive_units_timed": limit, "naive (by allocator setting)": naive_rows, "max_metric_difference": diff,
+        "peak_rss_mib (process)": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "baselines": {k: v["metric"] for k, v in result["baselines"].items()},
         "top5": [(e["unit"], round(e["impact"], 4)) for e in result["entries"][:5]],
     }
