@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=S, help="batch size (default 16)")
     p.add_argument("--imgsz", type=int, default=S, help="letterbox size (default 640)")
     p.add_argument("--calib-method", choices=["max", "entropy", "mse", "percentile"], default=S,
-                   help="activation amax method (default max)")
+                   help="activation amax method (default mse: the best measured, BENCHMARKS.md §2)")
     p.add_argument("--percentile", type=float, default=S, help="for --calib-method percentile (default 99.99)")
     p.add_argument("--weight-method", choices=["max", "mse", "percentile", "admm"], default=S,
                    help="weight amax method (default max)")

@@ -31,7 +31,7 @@ class PTQSettings:
     num_eval: Optional[int] = None
     batch: int = 16
     imgsz: int = 640
-    calib_method: str = "max"
+    calib_method: str = "mse"                # best measured on YOLOv5n (BENCHMARKS.md §2); "max" is the fastest
     percentile: float = 99.99
     weight_method: str = "max"
     ignore: List[str] = field(default_factory=list)
