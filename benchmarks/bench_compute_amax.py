@@ -88,7 +88,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT.parent / "shared/models/yolov5n.pt"))
     p.add_argument("--repo", default=str(ROOT / "tests/fixtures/yolov5_repo"))
-    p.add_argument("--images", default=str(ROOT.parent / "shared/data/coco128/images/train2017"))
+    p.add_argument("--calib-images", default=str(ROOT.parent / "shared/data/coco128/images/train2017"))
     p.add_argument("--num-images", type=int, default=128)
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch", type=int, default=16)
@@ -98,7 +98,7 @@ def main() -> None:
     model = load_model(args.model, repo=args.repo).model
     qdqtorch.quantize_model(model)
     qdqtorch.quantize.use_histogram_calibrators(model)
-    loader = calibration_loader(args.images, Preprocess(imgsz=args.imgsz), batch_size=args.batch,
+    loader = calibration_loader(args.calib_images, Preprocess(imgsz=args.imgsz), batch_size=args.batch,
                                 num_images=args.num_images)
     t0 = time.perf_counter()
     qdqtorch.collect_stats(model, loader)

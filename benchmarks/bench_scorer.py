@@ -36,7 +36,7 @@ def main() -> int:
     ap.add_argument("--split", default="val")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--num-images", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--interpolation", default="auto", help="auto | linear | area | nearest | cubic")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of each scorer")
@@ -48,7 +48,7 @@ def main() -> int:
                            num_images=args.num_images)
     print(f"eval set: {len(es)} images, {es.num_annotations} boxes, {time.perf_counter() - t0:.2f}s to load")
 
-    res = evaluate(loaded.model, es, layout=loaded.layout, batch_size=args.batch_size, scorer="pycocotools")
+    res = evaluate(loaded.model, es, layout=loaded.layout, batch_size=args.batch, scorer="pycocotools")
     print(f"{args.imgsz} px, {loaded.layout} layout: {res}")
     dets = res.detections
     rows = []
