@@ -10,7 +10,8 @@ same units on the same images:
 The naive loop may be limited to the first --naive-units units; its per-unit time is then extrapolated to all units
 and the report says so. `run_sensitivity` keeps freed host memory for reuse (`qdqtorch.reuse_freed_memory`); the
 naive loop runs under the same allocator setting by default, so the ratio measures the sweep's design, not the
-allocator (`--naive-allocator default` times it as the seed scripts run, `both` times both). Both sides' metrics are compared unit by unit (the two COCO scorers agree to 1e-4).
+allocator (`--naive-allocator default` times it as the seed scripts run, `both` times both). Both sides' metrics
+are compared unit by unit (the two COCO scorers agree to 1e-4).
 
     python benchmarks/bench_sensitivity.py --imgsz 320 --num-images 32 --threads 1
     python benchmarks/bench_sensitivity.py --device cuda          # 128 images at 640 on a GPU
@@ -116,8 +117,8 @@ def main() -> None:
         setup_s = time.perf_counter() - t0
         units = find_units(session.model)
         t0 = time.perf_counter()
-        result = run_sensitivity(session.model, session.metric, out / "fast", SweepSettings(chart=False, cache_mib=args.cache_mib),
-                                 progress=True)
+        result = run_sensitivity(session.model, session.metric, out / "fast",
+                                 SweepSettings(chart=False, cache_mib=args.cache_mib), progress=True)
         fast_s = time.perf_counter() - t0
         evaluations = len(units) + 2
         limit = min(args.naive_units or len(units), len(units))

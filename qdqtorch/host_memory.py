@@ -10,7 +10,7 @@ process-wide, so it is a context manager that restores glibc's defaults and retu
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -22,15 +22,15 @@ _lock = threading.Lock()
 _depth = 0
 
 
+@functools.lru_cache(maxsize=None)
 def _libc() -> Optional[ctypes.CDLL]:
-    name = ctypes.util.find_library("c")
+    """The process's C library if it is glibc (the only one whose mallopt this tunes), else None."""
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        libc.mallopt  # noqa: B018 - glibc only (musl, macOS and Windows have no mallopt)
-        libc.malloc_trim
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(None)  # symbols already loaded into the process: no library search, no subprocess
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
-    return libc
 
 
 @contextmanager
