@@ -79,7 +79,7 @@ def _data(n: int = 3, seed: int = 1) -> list:
 @pytest.fixture()
 def toy_tied() -> tuple:
     model = _toy(modules=["Conv2d", "MaxPool2d"])
-    return model, apply_tensorrt_rules(model, X)
+    return model, apply_tensorrt_rules(model, X, residual="int8")
 
 
 def test_toy_gets_the_expected_ties(toy_tied) -> None:
@@ -178,13 +178,13 @@ def test_untied_toy_shows_violations(tmp_path) -> None:
 def test_rules_again_change_nothing_and_calibration_state_round_trips(toy_tied, tmp_path) -> None:
     model, _ = toy_tied
     before = {n: id(q) for n, q in named_quantizers(model)}
-    again = apply_tensorrt_rules(model, X)
+    again = apply_tensorrt_rules(model, X, residual="int8")
     assert not again.groups and not again.skipped
     assert {n: id(q) for n, q in named_quantizers(model)} == before
     calibrate(model, _data(), progress=False)
     path = save_calibration(model, tmp_path / "calib.json")
     fresh = _toy(modules=["Conv2d", "MaxPool2d"])
-    apply_tensorrt_rules(fresh, X)
+    apply_tensorrt_rules(fresh, X, residual="int8")
     assert load_calibration(fresh, path) == len(before)
     x = _data(1, seed=5)[0]
     with torch.no_grad():
@@ -261,11 +261,56 @@ def test_quant_add_fused_input_is_disabled_and_shortcut_shared() -> None:
     torch.manual_seed(0)
     model = FusedInputsAdd().eval()
     quantize_model(model)
-    report = apply_tensorrt_rules(model, X)
+    report = apply_tensorrt_rules(model, X, residual="int8")
     assert not model.add._input1_quantizer.is_enabled
     assert "fused" in dict(report.disabled)["add._input1_quantizer"]
     assert model.add._input0_quantizer is model.b.conv._input_quantizer  # the shortcut is read by b as well
     assert report.residual_adds[0]["fused"] == "conv2d@b.conv"
+
+
+class SharedShortcut(nn.Module):
+    """y feeds a residual shortcut and two quantized convs (res.a, c)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.res, self.c = ConvAct(3, 4), Residual(4), ConvAct(4, 4)
+        self.cat = Cat()
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return self.out(self.cat([self.res(y), self.c(y)]))
+
+
+@pytest.mark.parametrize("residual", ["float", "int8"])
+def test_residual_shortcut_float_or_int8(residual, tmp_path) -> None:
+    """residual='float' (default): the Add reads the stem output unquantized while a and c still share one scale;
+    'int8': the stem output is quantized once where it is made, for a, c and the Add alike."""
+    from qdqtorch.export import check_qdq, export_onnx
+    torch.manual_seed(0)
+    model = SharedShortcut().eval()
+    quantize_model(model)
+    report = apply_tensorrt_rules(model, X, residual=residual) if residual == "int8" else apply_tensorrt_rules(
+        model, X)
+    assert not report.skipped, str(report)
+    assert model.res.a.conv._input_quantizer is model.c.conv._input_quantizer
+    calibrate(model, _data(), progress=False)
+    seen = []
+    model.stem.register_forward_hook(lambda m, a, out: seen.append(out))  # runs after the rules' output hook
+    x = _data(1, seed=3)[0]
+    with torch.no_grad():
+        model(x)
+        raw = torch.nn.functional.silu(model.stem.conv(x))  # stem.act would run the rules' hook
+    findings = {f.rule for f in check_qdq(export_onnx(model, X, tmp_path / "m.onnx")).findings}
+    if residual == "float":
+        assert torch.equal(seen[0], raw)  # the shortcut is the float tensor
+        assert report.residual_adds[0]["quantized"] == "none (shortcut float)"
+        assert findings == {"residual-add-unquantized"}
+    else:
+        q = model.c.conv._input_quantizer
+        assert torch.equal(seen[0], q(raw)) and not torch.equal(seen[0], raw)
+        assert report.residual_adds[0]["quantized"] == q.name
+        assert not findings
 
 
 class FunctionalResidual(nn.Module):
@@ -321,10 +366,11 @@ def yolov5n_exports(yolov5n_path, coco128_dir, tmp_path_factory):
     base = load_model(yolov5n_path, repo=YOLOV5_REPO_FIXTURE).model
     batch = _coco_batch(coco128_dir, 4, 64)
     out = {}
-    for rules in (False, True):
+    for rules in (False, True, "float"):
         model = copy.deepcopy(base)
         quantize_model(model)
-        report = apply_tensorrt_rules(model, batch[:1]) if rules else None
+        residual = "float" if rules == "float" else "int8"
+        report = apply_tensorrt_rules(model, batch[:1], residual=residual) if rules else None
         # percentile amax: untied quantizers of a concat's input and output then differ (with max calibration
         # they can coincide when one input holds the concat's maximum)
         calibrate(model, [batch[:2], batch[2:]], method="percentile", percentile=99.9, progress=False)
@@ -346,6 +392,13 @@ def test_yolov5n_export_is_clean_with_rules(yolov5n_exports) -> None:
     assert model.model[7].conv._input_quantizer is model.model[23].cv1.conv._input_quantizer
 
 
+def test_yolov5n_float_shortcuts_leave_only_the_residual_adds_unfused(yolov5n_exports) -> None:
+    _, report, check, _, _ = yolov5n_exports["float"]
+    assert check.ok and {f.rule for f in check.findings} == {"residual-add-unquantized"}, str(check)
+    assert len(check.findings) == len(report.residual_adds) == 7
+    assert all(r["quantized"] == "none (shortcut float)" for r in report.residual_adds)
+
+
 def test_yolov5n_export_without_rules_lists_concrete_violations(yolov5n_exports) -> None:
     _, _, check, _, _ = yolov5n_exports[False]
     found = {(f.rule, f.node) for f in check.findings}
@@ -361,7 +414,7 @@ def test_ultralytics_yolov8n_clean_except_float_dfl(tmp_path) -> None:
     model = loaded.model
     quantize_model(model, {"ignore": loaded.default_ignore})
     x = torch.rand(1, 3, 64, 64)
-    report = apply_tensorrt_rules(model, x)
+    report = apply_tensorrt_rules(model, x, residual="int8")
     assert not report.skipped and len(report.residual_adds) == 6, str(report)
     # C2f: the chunked cv1 output reaches the first bottleneck's shortcut through a module-input quantizer
     assert "model.2.m.0:input[0]" in report.group_of("model.2.cv1:output").sites
@@ -429,7 +482,7 @@ def test_fp16_regions_opset13_casts_around_qdq_and_runs_in_onnxruntime(toy_onnx,
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     report = check_qdq(out, fp16=True)
     assert _fp16_findings_ok(report, proto), str(report)
-    assert {f.rule for f in report.warnings} <= {"fp16-qdq-boundary"}
+    assert {f.rule for f in report.warnings} <= {"fp16-qdq-boundary", "residual-add-unquantized"}  # float shortcut
     x = _data(1)[0][:1].numpy()
     want = _ort(paths[13], x)
     got = _ort(out, x.astype(np.float16))

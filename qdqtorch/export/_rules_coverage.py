@@ -75,8 +75,10 @@ def _check_residual_adds(g: GraphIndex, report: QdqReport) -> None:
             continue
         if g.dq_producer(a) is None and g.dq_producer(b) is None:
             report.add("residual-add-unquantized", WARNING, g.name(node), f"{a}, {b}",
-                       "residual Add after a Conv has no quantized (DequantizeLinear) input; quantize the "
-                       "shortcut input so TensorRT can fuse the Add into the Conv and keep it in int8")
+                       "residual Add after a Conv has no quantized (DequantizeLinear) input: TensorRT runs it as a "
+                       "separate higher-precision layer (rules='tensorrt' keeps shortcuts float on purpose, for "
+                       "accuracy); quantize the shortcut input (rules='tensorrt-int8-residual') to fuse it into "
+                       "the Conv")
 
 
 def stats_qdq(g: GraphIndex, report: QdqReport) -> None:

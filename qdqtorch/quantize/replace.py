@@ -12,6 +12,9 @@ from torch import nn
 from ..descriptor import QuantDescriptor
 from ..nn import TensorQuantizer
 from ..nn.quant_conv import _QuantConvTransposeNd
+
+# TensorRT placement rule sets quantize_model(rules=...) accepts: residual shortcuts float, or int8 (fused Conv+Add)
+RULES = ("tensorrt", "tensorrt-int8-residual")
 from .config import QuantConfig, resolve_config
 
 
@@ -94,13 +97,15 @@ def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any
     """Replace (in place) every layer of a configured type with its quantized twin, except ignored ones.
 
     Replaced layers share the float layer's parameters. Returns a `QuantReport`; patterns that matched nothing are
-    reported with the nearest module names and warned about. `rules="tensorrt"` then applies TensorRT's Q/DQ
-    placement rules (`qdqtorch.rules.apply_tensorrt_rules`), tracing the model once on `example_input`.
+    reported with the nearest module names and warned about. `rules` (one of `RULES`) then applies TensorRT's Q/DQ
+    placement rules (`qdqtorch.rules.apply_tensorrt_rules`), tracing the model once on `example_input`:
+    "tensorrt" keeps residual shortcuts float, "tensorrt-int8-residual" quantizes them so TensorRT fuses each
+    residual Add into its Conv (faster, less accurate).
     """
-    if rules not in (None, "tensorrt"):
-        raise ValueError(f"quantize_model: unknown rules {rules!r}; use 'tensorrt' or None")
+    if rules is not None and rules not in RULES:
+        raise ValueError(f"quantize_model: unknown rules {rules!r}; use one of {RULES} or None")
     if rules is not None and example_input is None:
-        raise ValueError("quantize_model: rules='tensorrt' traces the model and needs example_input= (any input "
+        raise ValueError(f"quantize_model: rules={rules!r} traces the model and needs example_input= (any input "
                          "batch the model accepts)")
     config = resolve_config(config)
     mapping = config.module_map()
@@ -149,8 +154,9 @@ def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any
             warnings.warn(f"quantize_model: {kind} pattern {pattern!r} matched no layer (re.match against dotted "
                           f"module paths); nearest names: {near}", stacklevel=2)
     name_quantizers(model)
-    if rules == "tensorrt":
+    if rules is not None:
         from ..rules import apply_tensorrt_rules  # the optional placement layer builds on this core
-        report.rules = apply_tensorrt_rules(model, example_input)
+        report.rules = apply_tensorrt_rules(model, example_input,
+                                            residual="int8" if rules == "tensorrt-int8-residual" else "float")
         name_quantizers(model)
     return report

@@ -29,6 +29,9 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)  # the earliest value is the root
 
 
+RESIDUAL_MODES = ("float", "int8")
+
+
 @dataclass
 class Residual:
     """A residual Add: the input fused into its conv (None when neither can fuse) and the inputs to quantize."""
@@ -140,8 +143,11 @@ def _residuals(g: Graph, tail: Set[int]) -> List[Residual]:
     return found
 
 
-def analyze(g: Graph, weight_ids: Set[int]) -> Plan:
-    """Apply the TensorRT placement rules to a traced graph (see `apply_tensorrt_rules`)."""
+def analyze(g: Graph, weight_ids: Set[int], residual: str = "float") -> Plan:
+    """Apply the TensorRT placement rules to a traced graph (see `apply_tensorrt_rules`); `residual` is "float"
+    (residual Adds read their shortcut in float) or "int8" (the shortcut comes from a Q/DQ, as Conv+Add fusion needs)."""
+    if residual not in RESIDUAL_MODES:
+        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
     act_quant = [n for n in g.nodes if _is_activation_quant(n, weight_ids)]
     enabled_out = {n.outputs[0]: n for n in act_quant if n.enabled}
     compute = {n.index for n in g.nodes if n.kind == "op" and n.target in ops.WEIGHTED and n.inputs
@@ -157,6 +163,7 @@ def analyze(g: Graph, weight_ids: Set[int]) -> Plan:
             if node is not None and node.kind == "quant" and node.enabled:
                 plan.disable.append((node, f"residual add at {r.node.module or '<model>'}: this input is fused into "
                                            "its conv by TensorRT, so it stays unquantized"))
+    float_shortcuts = {v for r in residuals for v in r.quantize} if residual == "float" else set()
     for n in act_quant:
         if n.enabled and n.index in tail:
             plan.disable.append((n, "after the last quantized weighted op (detection-head decoding / output tail)"))
@@ -187,7 +194,7 @@ def analyze(g: Graph, weight_ids: Set[int]) -> Plan:
             wanted.update(n.inputs)
             for v in n.inputs:
                 plan.consumer.setdefault(v, n.index)
-    for r in residuals:
+    for r in residuals if residual == "int8" else ():
         wanted.update(r.quantize)
         for v in r.quantize:
             plan.consumer[v] = r.node.index
@@ -197,7 +204,8 @@ def analyze(g: Graph, weight_ids: Set[int]) -> Plan:
     for n in live:
         readers[n.inputs[0]] = readers.get(n.inputs[0], 0) + 1
     for v, count in readers.items():
-        if count > 1 and v not in wanted and g.values[v].producer is not None and all(
+        # a float shortcut is quantized at each quantizer reading it instead, so the Add still reads it in float
+        if count > 1 and v not in wanted and v not in float_shortcuts and g.values[v].producer is not None and all(
                 c not in tail for c in g.values[v].consumers):
             wanted.add(v)
             plan.optional.add(v)

@@ -183,8 +183,8 @@ def _apply_group(plan: Plan, cls: int, placer: Placer, locations: Dict[int, List
 
 
 def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Sequence[torch.Tensor]], *,
-                         quant_desc: Optional[QuantDescriptor] = None, float_modules: Sequence[str] = ("DFL",),
-                         verify: bool = True) -> RulesReport:
+                         residual: str = "float", quant_desc: Optional[QuantDescriptor] = None,
+                         float_modules: Sequence[str] = ("DFL",), verify: bool = True) -> RulesReport:
     """Make a quantized model's Q/DQ placement one that TensorRT fuses; call after `quantize_model`, before
     calibration. Changes the model in place and returns a `RulesReport` listing every tied group.
 
@@ -192,8 +192,10 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
     1. all inputs of each Concat and the quantizers reading its output share one quantizer (one amax), inputs not
        yet quantized get a quantization point at the module that produces them;
     2. MaxPool, Upsample/Resize and reshaping ops: input and output quantizers share one quantizer;
-    3. residual Adds: the input that TensorRT fuses into its conv stays float, the other input is quantized (with
-       the quantizer of the other consumers of that tensor);
+    3. residual Adds: the input that TensorRT fuses into its conv stays float; the shortcut stays float too with
+       `residual="float"` (the default), or is quantized with `residual="int8"` (with the quantizer of the other
+       consumers of that tensor), which lets TensorRT fuse the Add into the Conv but adds a quantization error that
+       every later layer inherits (YOLOv5n: -0.010 mAP50-95 with mse calibration, BENCHMARKS.md §5);
     4. quantizers after the last quantized weighted op (detection-head decoding, sigmoid tails) and inside modules
        whose class name is in `float_modules` (DFL) are disabled; weighted-op outputs are only quantized where a
        Concat or residual needs them in int8.
@@ -210,7 +212,7 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
     desc = quant_desc if quant_desc is not None else _default_desc(model, weight_ids)
     device = _model_device(model)
     g = trace_graph(model, example_input)
-    plan = analyze(g, weight_ids)
+    plan = analyze(g, weight_ids, residual)
     locations = _locations(model)
     report.stats = {"traced_ops": sum(n.kind == "op" for n in g.nodes), "quantizer_calls": sum(
         n.kind == "quant" for n in g.nodes), "tail_ops": len(plan.tail), "concats": sum(
@@ -229,20 +231,20 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
     for group in report.groups:
         group.name = group.quantizer.name
     for r in plan.residuals:
-        quantized = [group_of_value[v].name if v in group_of_value else _describe(g, v) for v in r.quantize]
+        quantized = ", ".join(group_of_value[v].name if v in group_of_value else _describe(g, v) for v in r.quantize)
         report.residual_adds.append({"add": f"{r.node.target}@{r.node.module or '<model>'}",
-                                     "quantized": ", ".join(quantized),
+                                     "quantized": quantized if residual == "int8" else "none (shortcut float)",
                                      "fused": "none (neither input can fuse)" if r.conv is None
                                      else f"{g.nodes[r.conv].target}@{g.nodes[r.conv].module}"})
     if verify:
-        _verify(model, example_input, weight_ids, report)
+        _verify(model, example_input, weight_ids, residual, report)
     return report
 
 
-def _verify(model: nn.Module, example_input, weight_ids: Set[int], report: RulesReport) -> None:
+def _verify(model: nn.Module, example_input, weight_ids: Set[int], residual: str, report: RulesReport) -> None:
     """Re-trace and report Concat inputs / shortcuts still unquantized and classes still using several quantizers."""
     g = trace_graph(model, example_input)
-    plan = analyze(g, weight_ids)
+    plan = analyze(g, weight_ids, residual)
     for values in plan.insert.values():
         for v in values:
             if v in plan.optional:

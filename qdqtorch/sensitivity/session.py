@@ -83,10 +83,7 @@ def quant_config_for(settings: PTQSettings, default_ignore: List[str], extra: Li
 
 
 def _quantize(model: nn.Module, config: QuantConfig, settings: PTQSettings, sample: Optional[torch.Tensor]) -> None:
-    quantize_model(model, config)
-    if settings.rules == "tensorrt":
-        from ..rules import apply_tensorrt_rules  # placement rules (Q/DQ around Add/Concat)
-        apply_tensorrt_rules(model, sample)
+    quantize_model(model, config, rules=settings.rules, example_input=sample)
 
 
 def _calib_batches(settings: PTQSettings, preprocess: Any):
