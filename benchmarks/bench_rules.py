@@ -1,6 +1,7 @@
 """Accuracy cost of the TensorRT placement rules, and of FP16 float regions, on the shared protocol.
 
-For the untied model and the model with `apply_tensorrt_rules`: activation statistics are collected once (histogram
+For the untied model and the model with `apply_tensorrt_rules` (residual shortcuts float, the default, and int8 as
+`rules="tensorrt-int8-residual"` places them): activation statistics are collected once per model (histogram
 calibrators, --num-calib train images), then every amax method (max, entropy, mse, percentile) is computed from
 them and the fake-quant model is scored on the val split (COCO mAP, pycocotools). With --fp16, the rules model
 (--fp16-method amax) is exported to ONNX and scored in ONNX Runtime with float32 and with float16 float regions
@@ -85,14 +86,14 @@ def main() -> None:
     print(f"float: {results['float']['map50_95']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
     rules_models = {}
-    for rules in (False, True):
+    for key, residual in (("no_rules", None), ("rules", "float"), ("rules_int8_residual", "int8")):
         model = copy.deepcopy(loaded.model)
         quantize_model(model, {"ignore": loaded.default_ignore})
-        key = "rules" if rules else "no_rules"
-        if rules:
-            report = apply_tensorrt_rules(model, torch.zeros(1, 3, args.imgsz, args.imgsz))
-            results["rules_report"] = {"tied_groups": len(report.tied_groups), "groups": len(report.groups),
-                                       "residual_adds": len(report.residual_adds), "skipped": report.skipped}
+        if residual is not None:
+            report = apply_tensorrt_rules(model, torch.zeros(1, 3, args.imgsz, args.imgsz), residual=residual)
+            results.setdefault("rules_report", {})[key] = {
+                "tied_groups": len(report.tied_groups), "groups": len(report.groups),
+                "residual_adds": len(report.residual_adds), "skipped": report.skipped}
         use_histogram_calibrators(model)
         loader = calibration_loader(args.data, pp, batch_size=args.batch, num_images=args.num_calib, split="train")
         t0 = time.perf_counter()
@@ -105,7 +106,7 @@ def main() -> None:
             results.setdefault(key, {})[method] = r
             print(f"{key} {method}: mAP50-95 {r['map50_95']:.4f} mAP50 {r['map50']:.4f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
-            if rules and method == args.fp16_method:
+            if key == "rules" and method == args.fp16_method:
                 rules_models[method] = copy.deepcopy(model)
         json.dump(results, open(out / "results.json", "w"), indent=1, default=str)
 

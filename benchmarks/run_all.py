@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Regenerate every measured table of BENCHMARKS.md and README.md: run each benchmark command in order, one at a time
+(so speed ratios are not disturbed by each other), log its output to runs/all/NAME.log and its wall time to
+runs/all/run_all.json. The commands are exactly the ones BENCHMARKS.md prints beside its tables.
+
+    python benchmarks/run_all.py                 # everything: about 70 minutes on the 2-core CI CPU
+    python benchmarks/run_all.py --list          # the commands, without running them
+    python benchmarks/run_all.py --only rules qat8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (name, BENCHMARKS.md section, command): accuracy first, then speed
+COMMANDS = [
+    ("peers", "§1", "python benchmarks/peers.py --install-peers --out runs/peers"),
+    ("peers_budget", "§1 (b)",
+     "python benchmarks/peers.py --only float qdqtorch-budget qdqtorch-ort --out runs/peers_mse_base"),
+    ("ptq_methods", "§2", "python benchmarks/bench_ptq_methods.py --out runs/results_ptq_methods.json"),
+    ("entropy", "§2", "python benchmarks/entropy_analysis.py --top 5 --out runs/entropy_analysis.json"),
+    ("rules", "§5", "python benchmarks/bench_rules.py --model ../shared/models/yolov5n.pt --repo "
+                    "tests/fixtures/yolov5_repo --data ../shared/data/coco128/coco128.yaml --imgsz 640 --num-calib "
+                    "128 --fp16 --fp16-method mse --out runs/bench_rules"),
+    ("qat8", "§6", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
+                   "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 --val-data "
+                   "../shared/data/coco128/coco128.yaml --epochs 8 --imgsz 640 --batch 16 --device cpu --out runs/qat8"),
+    ("compute_amax", "§3", "python benchmarks/bench_compute_amax.py --num-images 128 --imgsz 640"),
+    ("sweep640", "§4", "python benchmarks/bench_sensitivity.py --imgsz 640 --num-images 128 --naive-units 6 "
+                       "--naive-allocator both --json runs/sensitivity640.json"),
+    ("sweep320", "§4", "python benchmarks/bench_sensitivity.py --imgsz 320 --num-images 32 --naive-allocator both "
+                       "--json runs/sensitivity.json"),
+]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these (names from --list)")
+    p.add_argument("--list", action="store_true", help="print the commands and exit")
+    p.add_argument("--out", default="runs/all", help="folder for the logs and run_all.json")
+    args = p.parse_args(argv)
+    names = [n for n, _, _ in COMMANDS]
+    unknown = sorted(set(args.only or []) - set(names))
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {names}")
+    chosen = [c for c in COMMANDS if not args.only or c[0] in args.only]
+    if args.list:
+        for name, section, cmd in chosen:
+            print(f"{name:14s} {section:7s} {cmd}")
+        return 0
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "run_all.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    failed = []
+    start = time.perf_counter()
+    for i, (name, section, cmd) in enumerate(chosen, 1):
+        print(f"[{i}/{len(chosen)}] {name} ({section}): {cmd}", flush=True)
+        t0 = time.perf_counter()
+        with open(out / f"{name}.log", "w") as log:
+            argv_cmd = [sys.executable if a == "python" else a for a in shlex.split(cmd)]
+            rc = subprocess.run(argv_cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        seconds = time.perf_counter() - t0
+        record[name] = {"command": cmd, "section": section, "seconds": round(seconds, 1), "returncode": rc,
+                        "commit": commit, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        record_path.write_text(json.dumps(record, indent=1))
+        print(f"    {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {seconds:.0f} s; log {out / (name + '.log')}",
+              flush=True)
+        if rc:
+            failed.append(name)
+    print(f"all done in {time.perf_counter() - start:.0f} s at commit {commit}" +
+          (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
