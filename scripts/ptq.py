@@ -1,9 +1,22 @@
 #!/usr/bin/env python
-"""Post-training INT8 quantization of a YOLO detector: float vs fake-quant COCO mAP, calibration, Q/DQ ONNX.
+"""Post-training INT8 quantization of a YOLO detector, end to end.
+
+Replaces every Conv/Linear with a fake-quantized twin, calibrates the activation ranges on --calib-data images,
+scores COCO mAP of the float and the INT8 model on --data's val split, exports a Q/DQ ONNX that TensorRT builds as
+INT8, checks it, and writes a report. CPU is enough.
+
+examples:
+  python scripts/ptq.py --out runs/demo
+      the embedded demo (no other flag): a small detector and 32 + 32 synthetic images shipped in assets/demo/
+  python scripts/ptq.py --model ../shared/models/yolov5n.pt --repo tests/fixtures/yolov5_repo \\
+      --data ../shared/data/coco128/coco128.yaml --rules tensorrt --out runs/yolov5n --ort-eval
+      your checkpoint and dataset: --repo is the training repository a YOLOv5/YOLOv7 .pt was pickled from
+
+writes to --out: summary.json (every number and setting; its "fields" key explains the others), report.md (the same
+for people), calibration.json (the amax values, reloadable), model.qdq.onnx (the INT8 export).
 
 Loading a checkpoint (.pt) unpickles it, which can run arbitrary code: only load files you trust. Nothing is
-downloaded: pass local paths (e.g. --model ../shared/models/yolov5n.pt --repo PATH/TO/yolov5 --data
-../shared/data/coco128/coco128.yaml).
+downloaded: pass local paths.
 """
 from __future__ import annotations
 
@@ -14,20 +27,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from qdqtorch.pipeline import PTQSettings, run_ptq, table  # noqa: E402
+from qdqtorch.pipeline.cli import run_cli  # noqa: E402
 from qdqtorch.quantize import RULES  # noqa: E402
 
 S = argparse.SUPPRESS  # options left out keep the --config file's value (or the default)
+DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
+DEMO = {"model": str(DEMO_DIR / "shapes_detector.safetensors"), "data": str(DEMO_DIR / "shapes.yaml"),
+        "imgsz": 256, "num_calib": 32, "rules": "tensorrt", "ort_eval": True,
+        "note": "embedded demo: synthetic shapes (3 classes; 32 calibration + 32 val images at 256 px, made by "
+                "assets/demo/build.py) and a small detector trained on them; its mAP is a smoke test of the "
+                "pipeline, not a COCO result. Pass --model and --data for your own."}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML/JSON settings (any option below, plus a `quant:` QuantConfig section); "
                                     "command-line options override it")
-    p.add_argument("--model", default=S, help="checkpoint (.pt pickle: YOLOv5/YOLOv7 repo or Ultralytics) or "
-                                             "Ultralytics model yaml (default yolov8n.pt)")
+    p.add_argument("--model", default=S, help="checkpoint (.pt pickle: YOLOv5/YOLOv7 repo or Ultralytics), a "
+                                             "qdqtorch .safetensors detector, or an Ultralytics model yaml "
+                                             "(default, with no --data either: the embedded demo)")
     p.add_argument("--repo", default=S, help="training repository the pickle was saved from (put on the import path)")
     p.add_argument("--data", default=S, help="Ultralytics dataset yaml or image folder with YOLO labels "
-                                            "(default coco128.yaml)")
+                                            "(default, with no --model either: the embedded demo)")
     p.add_argument("--out", default=S, help="output folder (default runs/ptq)")
     p.add_argument("--calib-data", default=S, help="calibration images: folder, list file, dataset yaml (train "
                                                   "split), .npy/.raw files (default: --data's train split)")
@@ -60,13 +81,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = vars(parse_args(argv))
+    return run_cli(lambda: _run(args))
+
+
+def _run(args: dict) -> int:
     config = args.pop("config", None)
-    try:
-        settings = PTQSettings.from_file(config, **args) if config else PTQSettings.from_dict(args)
-        result = run_ptq(settings)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if config is None and "model" not in args and "data" not in args:
+        print(f"no --model/--data given: running the embedded demo ({DEMO_DIR})", file=sys.stderr)
+        args = {**DEMO, **args}
+    settings = PTQSettings.from_file(config, **args) if config else PTQSettings.from_dict(args)
+    result = run_ptq(settings)
     print(table(result.summary))
     print(f"wrote {result.out}/summary.json, report.md, calibration.json"
           + (", model.qdq.onnx" if "onnx" in result.summary else ""))

@@ -1,15 +1,23 @@
 #!/usr/bin/env python
 """Quantization sensitivity: which layers cost the most accuracy as INT8, and which few to keep float.
 
-  scripts/sensitivity.py --model ../shared/models/yolov5n.pt --repo tests/fixtures/yolov5_repo \\
+Quantizes and calibrates the model as scripts/ptq.py does, then evaluates it once per layer with only that layer's
+quantizers switched off (disable-one; --mode enable-one does the opposite), ranks the layers by the mAP they cost, and,
+with --budget, picks the fewest layers to keep float so that INT8 stays within the budget of float. CPU is enough.
+
+examples:
+  python scripts/sensitivity.py --model assets/demo/shapes_detector.safetensors --data assets/demo/shapes.yaml \\
+      --imgsz 256 --out runs/sens_demo                    (the embedded demo: about 15 s on 2 CPU cores)
+  python scripts/sensitivity.py --model ../shared/models/yolov5n.pt --repo tests/fixtures/yolov5_repo \\
       --data ../shared/data/coco128/coco128.yaml --imgsz 320 --num-images 64 --budget 0.003 --out runs/sens
   torchrun --nproc-per-node 4 scripts/sensitivity.py ...          (units split across ranks, rank 0 writes)
-  scripts/sensitivity.py ... --shard 0/8   then   scripts/sensitivity.py merge DIR [DIR ...] --out DIR
+  python scripts/sensitivity.py ... --shard 0/8   then   python scripts/sensitivity.py merge DIR [DIR ...] --out DIR
 
-Writes sensitivity.json (schema: qdqtorch.sensitivity.schema), sensitivity.md, sensitivity.png,
-sensitivity_proxy.md and sensitivity_config.yaml (for `scripts/ptq.py --config`). Every evaluation is journaled:
-rerunning the same command resumes. Model/data/calibration options are those of scripts/ptq.py (and --config
-takes its settings files). Loading a .pt checkpoint unpickles it: only load files you trust.
+Writes sensitivity.json (schema: qdqtorch.sensitivity.schema), sensitivity.md (the ranking), sensitivity.png (the
+chart), sensitivity_proxy.md and sensitivity_config.yaml (the ignore-list, for `scripts/ptq.py --config`). Every
+evaluation is journaled: rerunning the same command resumes. Model/data/calibration options are those of
+scripts/ptq.py (and --config takes its settings files). Loading a .pt checkpoint unpickles it: only load files you
+trust.
 """
 from __future__ import annotations
 
@@ -179,14 +187,11 @@ def run_main(argv) -> int:
 
 
 def main(argv=None) -> int:
+    from qdqtorch.pipeline.cli import run_cli
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv and argv[0] == "merge":
-            return merge_main(argv[1:])
-        return run_main(argv[1:] if argv and argv[0] == "run" else argv)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if argv and argv[0] == "merge":
+        return run_cli(lambda: merge_main(argv[1:]))
+    return run_cli(lambda: run_main(argv[1:] if argv and argv[0] == "run" else argv))
 
 
 if __name__ == "__main__":

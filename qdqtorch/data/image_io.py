@@ -42,5 +42,6 @@ def report_bad_images(bad: Sequence[Tuple[str, str]], total: int, what: str = "i
         return
     lines: List[str] = [f"  {reason}" for _, reason in bad[:show]]
     more = f"\n  ... and {len(bad) - show} more" if len(bad) > show else ""
-    warnings.warn(f"skipped {len(bad)} of {total} {what} that could not be read:\n" + "\n".join(lines) + more,
+    warnings.warn(f"skipped {len(bad)} of {total} {what} that could not be read (fix or remove these files):\n"
+                  + "\n".join(lines) + more,
                   stacklevel=3)

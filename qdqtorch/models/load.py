@@ -13,13 +13,15 @@ from .errors import ModelLoadError, ModelNotFoundError
 from .fold import fold_batchnorm
 from .loaded import LoadedModel
 from .repo_pickle import load_repo_pickle
+from .safetensors_loader import load_detector, read_metadata
 from .ultralytics_loader import load_ultralytics
 
 _YAML = {".yaml", ".yml"}
 # names Ultralytics would fetch from its release assets when missing
 _ULTRALYTICS_ASSET = re.compile(r"^(yolo|yolov\d+|rtdetr|yoloe)[\w.-]*\.pt$", re.IGNORECASE)
 _WHAT_TO_PASS = ("pass the path of a .pt checkpoint (a training-repository whole-model pickle or an Ultralytics "
-                 "checkpoint) or an Ultralytics model yaml such as yolov8n.yaml")
+                 "checkpoint), a detector saved by qdqtorch as .safetensors, or an Ultralytics model yaml such as "
+                 "yolov8n.yaml")
 
 
 def _is_torch_file(path: Path) -> bool:
@@ -63,9 +65,15 @@ def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple
         raise _missing(str(spec), path)
     if path.is_dir():
         raise ModelLoadError(f"{spec} is a folder; {_WHAT_TO_PASS} (a training repository goes in --repo)")
+    if path.suffix.lower() == ".safetensors":
+        metadata = read_metadata(path)
+        if metadata is None:
+            raise ModelLoadError(f"{spec}: not a readable safetensors file (truncated or another format); "
+                                 f"{_WHAT_TO_PASS}")
+        return load_detector(path, metadata), f"safetensors:{path.resolve()}", True
     if not _is_torch_file(path):
         raise ModelLoadError(f"{spec}: unknown file type (not a torch.save checkpoint nor a .yaml model config); "
-                             f"{_WHAT_TO_PASS}. ONNX/TensorRT/safetensors files hold no PyTorch model to quantize")
+                             f"{_WHAT_TO_PASS}. ONNX/TensorRT files hold no PyTorch model to quantize")
     if _references_ultralytics(path):
         model, note = load_ultralytics(str(path), f"checkpoint {spec}")
         return model, f"ultralytics:{path.resolve()}{note}", True
@@ -80,7 +88,8 @@ def load_model(spec: str | Path | nn.Module, *, repo: str | Path | None = None, 
 
     `spec` is a checkpoint path (a training-repository whole-model pickle such as YOLOv5/YOLOv7 `best.pt`, with
     `repo` the repository it was saved from; or an Ultralytics `.pt`, detected by content), an Ultralytics model yaml
-    (`yolov8n.yaml`: random init, bundled configs resolved by the ultralytics package), or an nn.Module.
+    (`yolov8n.yaml`: random init, bundled configs resolved by the ultralytics package), a `.safetensors` detector
+    written by `qdqtorch.models.save_detector` (weights + architecture, no pickle), or an nn.Module.
     Checkpoints are pickles: loading one runs code from it (and from `repo`), so load only files you trust.
     Nothing is downloaded. `fuse_bn` folds BatchNorm into the preceding convs (see `fold_batchnorm`).
     """

@@ -34,12 +34,37 @@ def table(summary: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# what each top-level key of summary.json holds (also written into it, under "fields", and at the end of report.md)
+SUMMARY_FIELDS = {
+    "note": "what this run is, when the settings say (e.g. the embedded demo and how small its data is)",
+    "settings": "every PTQ setting of the run (scripts/ptq.py options / PTQSettings fields); rerun with --config",
+    "versions": "Python, torch, qdqtorch and the optional packages used",
+    "model": "where the model came from, its output layout (yolov5 or ultralytics), class count and max stride",
+    "data": "evaluation and calibration sources, image counts and the number of ground-truth boxes",
+    "float": "COCO metrics of the float model: map50_95 (mAP@[.50:.95]), map50, per-class AP (per_class, "
+             "per_class_ap50), image and detection counts, inference/NMS/scoring seconds, the evaluation settings",
+    "quantization": "the QuantConfig used, layers replaced / kept float (with the pattern that matched), and the "
+                    "TensorRT rules report (tied groups, residual adds, disabled quantizers) when rules were applied",
+    "int8": "COCO metrics of the fake-quantized model in PyTorch (same fields as float)",
+    "onnx": "path of the exported Q/DQ ONNX (model.qdq.onnx)",
+    "qdq_check": "the Q/DQ checker on that ONNX: errors (TensorRT would not build it as INT8 as intended), warnings "
+                 "(slower or less accurate placements), node counts",
+    "int8_onnxruntime": "COCO metrics of the exported ONNX run in ONNX Runtime (with --ort-eval)",
+    "timings": "seconds per stage: load, eval_set, float_eval, calibrate, int8_eval, export, ort_eval",
+    "fields": "this explanation of the keys",
+}
+
+
 def write_reports(summary: Dict[str, Any], out: Path) -> None:
-    """Write summary.json (atomically) and report.md."""
+    """Write summary.json (atomically, with a "fields" key explaining the others) and report.md."""
+    summary = {**summary, "fields": {k: v for k, v in SUMMARY_FIELDS.items() if k in summary or k == "fields"}}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     s = summary["settings"]
     quant = summary.get("quantization", {})
-    lines = [f"# PTQ report: {s['model']}", "", table(summary), "",
+    lines = [f"# PTQ report: {s['model']}", ""] + ([f"> {summary['note']}", ""] if summary.get("note") else []) + [
+             table(summary), "",
+             "mAP50-95 is COCO's mean average precision over IoU 0.50:0.95 (mAP50: at IoU 0.50); Δ is the change "
+             "against the float model on the same images.", "",
              f"- data: {summary['data'].get('eval')} ({summary['data'].get('eval_images')} eval images, "
              f"{summary['data'].get('calib_images')} calibration images from {summary['data'].get('calib')})",
              f"- calibration: activations `{s['calib_method']}`"
@@ -60,4 +85,5 @@ def write_reports(summary: Dict[str, Any], out: Path) -> None:
             lines.append(f"  - {finding}")
     lines.append("- timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.get("timings", {}).items()))
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()))
+    lines += ["", "## summary.json", ""] + [f"- `{k}`: {v}" for k, v in summary["fields"].items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -75,6 +75,8 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     out.mkdir(parents=True, exist_ok=True)
     timings: Dict[str, float] = {}
     summary: Dict[str, Any] = {"settings": settings.to_dict(), "versions": _versions()}
+    if settings.note:
+        summary["note"] = settings.note
 
     t0 = time.perf_counter()
     loaded = load_model(settings.model, repo=settings.repo, device=settings.device, fuse_bn=settings.fold_bn)

@@ -50,6 +50,7 @@ class PTQSettings:
     workers: int = 0
     preprocess: Dict[str, Any] = field(default_factory=dict)   # qdqtorch.data.Preprocess fields (color, mean, ...)
     quant: Dict[str, Any] = field(default_factory=dict)
+    note: Optional[str] = None                # one line saying what this run is, shown in report.md / summary.json
 
     def __post_init__(self) -> None:
         if self.calib_method not in AMAX_METHODS:

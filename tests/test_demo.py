@@ -1,0 +1,100 @@
+"""The embedded demo (assets/demo) and the first-run experience of scripts/ptq.py, with nothing beside the checkout:
+`scripts/ptq.py --out DIR` alone quantizes, calibrates, scores float vs INT8, exports and runs the Q/DQ ONNX."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+SCRIPT = str(REPO_ROOT / "scripts" / "ptq.py")
+DEMO = REPO_ROOT / "assets" / "demo"
+
+
+def run_script(*args, cwd=None):
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+def one_error_line(proc) -> str:
+    """The script failed with exit 2 and said why in one `error:` line, without a traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    proc = run_script("--out", out, cwd=tmp_path_factory.mktemp("elsewhere"))  # no other flag, any working folder
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "summary.json").read_text()), proc
+
+
+def test_demo_ships_in_the_repository_and_is_small():
+    for split in ("train", "val"):
+        images = sorted((DEMO / "images" / split).glob("*.jpg"))
+        assert len(images) == 32
+        assert all((DEMO / "labels" / split / f"{p.stem}.txt").is_file() for p in images)
+    size = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
+    assert size < 4e6, f"assets/demo is {size / 1e6:.1f} MB"
+
+
+def test_demo_runs_the_whole_main_job(demo_run):
+    out, summary, proc = demo_run
+    assert "embedded demo" in proc.stderr
+    assert "demo" in summary["note"] and "32 calibration + 32 val images" in summary["note"]
+    assert summary["data"]["eval_images"] == 32 and summary["data"]["calib_images"] == 32
+    assert summary["settings"]["rules"] == "tensorrt" and summary["quantization"]["replaced"]
+    # a detector that detects: well above chance on its own val images, and INT8 close to it
+    assert summary["float"]["map50_95"] > 0.5
+    assert summary["int8"]["map50_95"] > summary["float"]["map50_95"] - 0.03
+    assert abs(summary["int8_onnxruntime"]["map50_95"] - summary["int8"]["map50_95"]) < 0.03
+    assert not summary["qdq_check"]["errors"]
+    assert (out / "model.qdq.onnx").stat().st_size > 0 and (out / "calibration.json").is_file()
+
+
+def test_summary_and_report_explain_their_fields(demo_run):
+    out, summary, _ = demo_run
+    assert set(summary["fields"]) == set(summary), "every top-level key of summary.json is explained"
+    report = (out / "report.md").read_text()
+    assert summary["note"] in report and "mAP50-95 is COCO's mean average precision" in report
+    assert all(f"- `{key}`: " in report for key in summary["fields"])
+
+
+def test_wrong_model_path_is_one_line(tmp_path):
+    line = one_error_line(run_script("--model", tmp_path / "nothere.safetensors", "--data", DEMO / "shapes.yaml",
+                                     "--out", tmp_path / "o"))
+    assert "nothere.safetensors" in line and "pass" in line
+
+
+def test_folder_without_images_is_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = one_error_line(run_script("--model", DEMO / "shapes_detector.safetensors", "--data", empty,
+                                     "--out", tmp_path / "o"))
+    assert str(empty) in line and "no" in line
+
+
+def test_unknown_config_key_is_one_line(tmp_path):
+    config = tmp_path / "settings.yaml"
+    config.write_text("calib_methd: mse\n")
+    line = one_error_line(run_script("--config", config, "--out", tmp_path / "o"))
+    assert str(config) in line and "calib_methd" in line and "calib_method" in line
+
+
+def test_corrupt_image_is_skipped_with_one_warning_naming_it(tmp_path):
+    data = tmp_path / "demo"
+    shutil.copytree(DEMO, data, ignore=shutil.ignore_patterns("*.safetensors", "build.py"))
+    (data / "images" / "val" / "0003.jpg").write_bytes(b"not a jpeg")
+    proc = run_script("--model", DEMO / "shapes_detector.safetensors", "--data", data / "shapes.yaml",
+                      "--num-calib", 8, "--imgsz", 128, "--no-export", "--skip-float-eval", "--out", tmp_path / "o")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("warning: skipped 1 of 32")]
+    assert len(warned) == 1, proc.stderr[-2000:]
+    assert "0003.jpg" in proc.stderr and "fix or remove" in proc.stderr
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["data"]["eval_images"] == 31
