@@ -3,7 +3,7 @@
 (so speed ratios are not disturbed by each other), log its output to runs/all/NAME.log and its wall time to
 runs/all/run_all.json. The commands are exactly the ones BENCHMARKS.md prints beside its tables.
 
-    python benchmarks/run_all.py                 # everything: about 70 minutes on the 2-core CI CPU
+    python benchmarks/run_all.py                 # everything: about 75 minutes on the 2-core CI CPU
     python benchmarks/run_all.py --list          # the commands, without running them
     python benchmarks/run_all.py --only rules qat8
 """
@@ -33,6 +33,9 @@ COMMANDS = [
     ("qat8", "§6", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
                    "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 --val-data "
                    "../shared/data/coco128/coco128.yaml --epochs 8 --imgsz 640 --batch 16 --device cpu --out runs/qat8"),
+    ("qat3", "§6", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
+                   "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 --val-data "
+                   "../shared/data/coco128/coco128.yaml --epochs 3 --imgsz 640 --batch 16 --device cpu --out runs/qat3"),
     ("compute_amax", "§3", "python benchmarks/bench_compute_amax.py --num-images 128 --imgsz 640"),
     ("sweep640", "§4", "python benchmarks/bench_sensitivity.py --imgsz 640 --num-images 128 --naive-units 6 "
                        "--naive-allocator both --json runs/sensitivity640.json"),
