@@ -1,5 +1,5 @@
-"""TensorRT placement rules: tie quantizers that must share a scale (Concat, MaxPool, Resize, one tensor), quantize
-residual shortcuts, keep head decoding float. Applied to a quantized model before calibration."""
+"""TensorRT placement rules: tie quantizers that must share a scale (Concat, MaxPool, Resize, one tensor), keep residual
+shortcuts float (or quantize them for Conv+Add fusion), keep head decoding float. Applied before calibration."""
 from .apply import apply_tensorrt_rules
 from .report import RulesReport, TiedGroup
 from .tied import TiedQuantizer

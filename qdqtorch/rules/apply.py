@@ -1,5 +1,5 @@
 """apply_tensorrt_rules: trace a quantized model, tie quantizers that TensorRT needs on one scale, quantize Concat
-inputs and residual shortcuts, switch off quantizers in the head's decoding tail."""
+inputs (and residual shortcuts with residual="int8"), switch off quantizers in the head's decoding tail."""
 from __future__ import annotations
 
 import copy
