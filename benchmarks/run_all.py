@@ -3,7 +3,7 @@
 (so speed ratios are not disturbed by each other), log its output to runs/all/NAME.log and its wall time to
 runs/all/run_all.json. The commands are exactly the ones BENCHMARKS.md prints beside its tables.
 
-    python benchmarks/run_all.py                 # everything: about 75 minutes on the 2-core CI CPU
+    python benchmarks/run_all.py                 # everything: about 45 minutes on the 2-core CI CPU
     python benchmarks/run_all.py --list          # the commands, without running them
     python benchmarks/run_all.py --only rules qat8
 """
@@ -23,8 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # (name, BENCHMARKS.md section, command): accuracy first, then speed
 COMMANDS = [
     ("peers", "§1", "python benchmarks/peers.py --install-peers --out runs/peers"),
-    ("peers_budget", "§1 (b)",
-     "python benchmarks/peers.py --only float qdqtorch-budget qdqtorch-ort --out runs/peers_mse_base"),
     ("ptq_methods", "§2", "python benchmarks/bench_ptq_methods.py --out runs/results_ptq_methods.json"),
     ("entropy", "§2", "python benchmarks/entropy_analysis.py --top 5 --out runs/entropy_analysis.json"),
     ("rules", "§5", "python benchmarks/bench_rules.py --model ../shared/models/yolov5n.pt --repo "
