@@ -98,3 +98,26 @@ def test_corrupt_image_is_skipped_with_one_warning_naming_it(tmp_path):
     assert len(warned) == 1, proc.stderr[-2000:]
     assert "0003.jpg" in proc.stderr and "fix or remove" in proc.stderr
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["data"]["eval_images"] == 31
+
+
+def test_safetensors_detector_round_trips_and_bad_files_say_why(tmp_path):
+    """save_detector writes what load_model reads back (same outputs); files without a model say what is missing."""
+    import torch
+    from safetensors.torch import save_file
+
+    from qdqtorch.models import ModelLoadError, load_model, save_detector
+    from qdqtorch.models.safetensors_loader import ARCHITECTURE_KEY, read_metadata
+    demo = load_model(DEMO / "shapes_detector.safetensors")
+    assert demo.names == ["circle", "square", "triangle"] and demo.layout == "ultralytics"
+    path = save_detector(demo.model, tmp_path / "copy.safetensors", read_metadata(
+        DEMO / "shapes_detector.safetensors")[ARCHITECTURE_KEY], demo.names)
+    again = load_model(path)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again.model(x)[0], demo.model(x)[0])  # float16 storage: the same values both times
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "tensors.safetensors"))
+    with pytest.raises(ModelLoadError, match="tensors.safetensors.*no model to build"):
+        load_model(tmp_path / "tensors.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(ModelLoadError, match="junk.safetensors: not a readable safetensors file"):
+        load_model(tmp_path / "junk.safetensors")
