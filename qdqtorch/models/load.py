@@ -50,17 +50,17 @@ def _missing(spec: str, path: Path) -> ModelNotFoundError:
     return ModelNotFoundError(f"model not found: {spec} (resolved to {path.resolve()}); {_WHAT_TO_PASS}")
 
 
-def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple[nn.Module, str, bool]:
-    """Return (module, source description, is_ultralytics)."""
+def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple[nn.Module, str]:
+    """Return (module, source description)."""
     if isinstance(spec, nn.Module):
-        return spec, f"module:{type(spec).__name__}", False
+        return spec, f"module:{type(spec).__name__}"
     path = Path(spec).expanduser()
     if path.suffix.lower() in _YAML:
         if not path.exists() and path.parent != Path("."):
             raise _missing(str(spec), path)
         name = str(path) if path.exists() else path.name  # bare names resolve to ultralytics' bundled cfgs
         model, note = load_ultralytics(name, f"model yaml {spec}")
-        return model, f"ultralytics-yaml:{name} (random init){note}", True
+        return model, f"ultralytics-yaml:{name} (random init){note}"
     if not path.exists():
         raise _missing(str(spec), path)
     if path.is_dir():
@@ -70,16 +70,16 @@ def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple
         if metadata is None:
             raise ModelLoadError(f"{spec}: not a readable safetensors file (truncated or another format); "
                                  f"{_WHAT_TO_PASS}")
-        return load_detector(path, metadata), f"safetensors:{path.resolve()}", True
+        return load_detector(path, metadata), f"safetensors:{path.resolve()}"
     if not _is_torch_file(path):
         raise ModelLoadError(f"{spec}: unknown file type (not a torch.save checkpoint nor a .yaml model config); "
                              f"{_WHAT_TO_PASS}. ONNX/TensorRT files hold no PyTorch model to quantize")
     if _references_ultralytics(path):
         model, note = load_ultralytics(str(path), f"checkpoint {spec}")
-        return model, f"ultralytics:{path.resolve()}{note}", True
+        return model, f"ultralytics:{path.resolve()}{note}"
     model = load_repo_pickle(path, repo)
     where = f" (repo {Path(repo).resolve()})" if repo is not None else ""
-    return model, f"repo-pickle:{path.resolve()}{where}", False
+    return model, f"repo-pickle:{path.resolve()}{where}"
 
 
 def load_model(spec: str | Path | nn.Module, *, repo: str | Path | None = None, device: str | torch.device = "cpu",
@@ -93,7 +93,7 @@ def load_model(spec: str | Path | nn.Module, *, repo: str | Path | None = None, 
     Checkpoints are pickles: loading one runs code from it (and from `repo`), so load only files you trust.
     Nothing is downloaded. `fuse_bn` folds BatchNorm into the preceding convs (see `fold_batchnorm`).
     """
-    module, source, is_ultralytics = _load_module(spec, repo)
+    module, source = _load_module(spec, repo)
     model = module.float().to(device).eval()
     model.requires_grad_(False)
     layout, head = find_head(model)

@@ -58,7 +58,7 @@ class PTQSettings:
         if self.weight_method not in WEIGHT_METHODS:
             raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
         if self.rules not in (None, *RULES):
-            raise ValueError(f"rules must be one of {RULES} or unset, got {self.rules!r}")
+            raise ValueError(f"rules must be one of {tuple(RULES)} or unset, got {self.rules!r}")
         for name in ("num_calib", "batch", "imgsz"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")

@@ -13,8 +13,9 @@ from ..descriptor import QuantDescriptor
 from ..nn import TensorQuantizer
 from ..nn.quant_conv import _QuantConvTransposeNd
 
-# TensorRT placement rule sets quantize_model(rules=...) accepts: residual shortcuts float, or int8 (fused Conv+Add)
-RULES = ("tensorrt", "tensorrt-int8-residual")
+# TensorRT placement rule sets quantize_model(rules=...) accepts, each with its residual-shortcut mode for
+# apply_tensorrt_rules: float (accurate), or int8 so that TensorRT fuses each residual Add into its Conv
+RULES = {"tensorrt": "float", "tensorrt-int8-residual": "int8"}
 from .config import QuantConfig, resolve_config
 
 
@@ -103,7 +104,7 @@ def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any
     residual Add into its Conv (faster, less accurate).
     """
     if rules is not None and rules not in RULES:
-        raise ValueError(f"quantize_model: unknown rules {rules!r}; use one of {RULES} or None")
+        raise ValueError(f"quantize_model: unknown rules {rules!r}; use one of {tuple(RULES)} or None")
     if rules is not None and example_input is None:
         raise ValueError(f"quantize_model: rules={rules!r} traces the model and needs example_input= (any input "
                          "batch the model accepts)")
@@ -156,7 +157,6 @@ def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any
     name_quantizers(model)
     if rules is not None:
         from ..rules import apply_tensorrt_rules  # the optional placement layer builds on this core
-        report.rules = apply_tensorrt_rules(model, example_input,
-                                            residual="int8" if rules == "tensorrt-int8-residual" else "float")
+        report.rules = apply_tensorrt_rules(model, example_input, residual=RULES[rules])
         name_quantizers(model)
     return report
