@@ -104,21 +104,21 @@ def main() -> None:
     qdqtorch.collect_stats(model, loader)
     collect_s = time.perf_counter() - t0
     quantizers = [(n, q) for n, q in qdqtorch.named_quantizers(model)
-                  if isinstance(q._calibrator, HistogramCalibrator)]
-    bins = [q._calibrator.counts.numel() for _, q in quantizers]
+                  if isinstance(q.calibrator, HistogramCalibrator)]
+    bins = [q.calibrator.counts.numel() for _, q in quantizers]
     print(f"{len(quantizers)} histogram quantizers, bins {min(bins)}..{max(bins)}, collect_stats {collect_s:.1f}s")
 
     rows = []
     for method, reference in (("entropy", reference_entropy), ("mse", reference_mse_per_bin),
                               ("mse", reference_mse)):
         t0 = time.perf_counter()
-        ours = [q._calibrator.compute_amax(method).item() for _, q in quantizers]
+        ours = [q.calibrator.compute_amax(method).item() for _, q in quantizers]
         ours_s = time.perf_counter() - t0
         sub = quantizers[:args.ref_quantizers]
         t0 = time.perf_counter()
-        ref = [reference(q._calibrator.counts.cpu().numpy()) * q._calibrator.bin_width for _, q in sub]
+        ref = [reference(q.calibrator.counts.cpu().numpy()) * q.calibrator.bin_width for _, q in sub]
         ref_s = time.perf_counter() - t0
-        within = sum(abs(a - b) <= q._calibrator.bin_width * 1.0001 for a, b, (_, q) in zip(ours, ref, sub))
+        within = sum(abs(a - b) <= q.calibrator.bin_width * 1.0001 for a, b, (_, q) in zip(ours, ref, sub))
         ratio = (ref_s / len(sub)) / (ours_s / len(quantizers))
         rows.append((f"{method} vs {reference.__name__}", ours_s, ours_s / len(quantizers), ref_s / len(sub), ratio,
                      within, len(sub)))

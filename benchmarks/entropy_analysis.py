@@ -60,7 +60,7 @@ def main() -> None:
                                                      split="train"))
     rows, amax = [], {m: {} for m in ("max", "entropy", "mse")}
     for name, q in qdqtorch.named_quantizers(model):
-        calib = q._calibrator
+        calib = q.calibrator
         if not isinstance(calib, HistogramCalibrator) or calib.num_collected == 0 or calib.max_value == 0:
             continue  # unreached or all-zero (dead) inputs have no clipping to compare
         for m in amax:

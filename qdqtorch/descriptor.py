@@ -6,8 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
-CALIB_METHODS = ("max", "histogram", "entropy", "mse", "percentile")
-HISTOGRAM_CALIB_METHODS = ("histogram", "entropy", "mse", "percentile")
+from .calib.methods import AMAX_METHODS, CALIBRATORS, calibrator_for
 
 AmaxValue = Union[float, Sequence[float], None]
 
@@ -16,31 +15,46 @@ AmaxValue = Union[float, Sequence[float], None]
 class QuantDescriptor:
     """How to quantize one tensor: bits, per-tensor or per-channel axis, range, calibrator, optional fixed amax.
 
-    Field names follow pytorch-quantization so scripts port by changing imports. Immutable: derive variants with
-    `desc.replace(num_bits=16)`. `calib_method` is "max" or "histogram" (amax method chosen when calling
-    `compute_amax`), or a histogram method fixed for this tensor ("entropy", "mse", "percentile"), which then wins
-    over the method passed to `compute_amax` (per-layer overrides use this).
+    Field names follow pytorch-quantization where they mean the same. Immutable: derive variants with
+    `desc.replace(num_bits=16)`. Calibration has two keys that mean one thing each (names from
+    `qdqtorch.calib.methods`):
+    - `calib_method`: the amax method fixed for this tensor (max, entropy, mse, percentile), which wins over the one
+      passed to `compute_amax`/`calibrate` (per-layer overrides use it); None: the call decides.
+    - `calibrator`: the statistics collector, "max" or "histogram"; None: the one `calib_method` needs ("max" when
+      that is None too). pytorch-quantization's `calib_method="histogram"` is `calibrator="histogram"` here.
     """
 
     num_bits: int = 8
     axis: Optional[int] = None
     unsigned: bool = False
     narrow_range: bool = True
-    calib_method: str = "max"
+    calib_method: Optional[str] = None
     amax: AmaxValue = None
     learn_amax: bool = False
     fake_quant: bool = True
+    calibrator: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.num_bits, bool) or not isinstance(self.num_bits, int) or not 2 <= self.num_bits <= 16:
             raise ValueError(f"QuantDescriptor.num_bits must be an int in 2..16, got {self.num_bits!r}")
         if self.axis is not None and (isinstance(self.axis, bool) or not isinstance(self.axis, int)):
             raise ValueError(f"QuantDescriptor.axis must be None (per-tensor) or an int, got {self.axis!r}")
-        if self.calib_method not in CALIB_METHODS:
-            raise ValueError(f"QuantDescriptor.calib_method must be one of {CALIB_METHODS}, got {self.calib_method!r}")
-        if self.calib_method in HISTOGRAM_CALIB_METHODS and self.axis is not None:
-            raise ValueError(f"QuantDescriptor: calib_method={self.calib_method!r} is per-tensor only; "
-                             "use axis=None, or calib_method='max' per channel")
+        if self.calib_method == "histogram":
+            raise ValueError("QuantDescriptor.calib_method='histogram' is now calibrator='histogram' (calib_method "
+                             f"names the amax method only: one of {AMAX_METHODS})")
+        if self.calib_method is not None and self.calib_method not in AMAX_METHODS:
+            raise ValueError(f"QuantDescriptor.calib_method must be None or one of {AMAX_METHODS}, "
+                             f"got {self.calib_method!r}")
+        if self.calibrator is not None and self.calibrator not in CALIBRATORS:
+            raise ValueError(f"QuantDescriptor.calibrator must be None or one of {CALIBRATORS}, got {self.calibrator!r}")
+        needed = calibrator_for(self.calib_method)
+        if self.calibrator == "max" and needed != "max":
+            raise ValueError(f"QuantDescriptor: calib_method={self.calib_method!r} needs calibrator='histogram', "
+                             "got calibrator='max'")
+        if self.calibrator_kind == "histogram" and self.axis is not None:
+            raise ValueError(f"QuantDescriptor: a histogram calibrator (calib_method={self.calib_method!r}, "
+                             f"calibrator={self.calibrator!r}) is per-tensor only; use axis=None, or a max "
+                             "calibrator per channel")
         for name in ("unsigned", "narrow_range", "learn_amax", "fake_quant"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"QuantDescriptor.{name} must be a bool, got {getattr(self, name)!r}")
@@ -50,6 +64,11 @@ class QuantDescriptor:
                 raise ValueError(f"QuantDescriptor.amax must be a non-negative number or list of them, got {self.amax!r}")
             if not isinstance(self.amax, (int, float)):
                 object.__setattr__(self, "amax", tuple(float(v) for v in values))
+
+    @property
+    def calibrator_kind(self) -> str:
+        """The calibrator this tensor gets: `calibrator`, else the one `calib_method` needs."""
+        return self.calibrator or calibrator_for(self.calib_method)
 
     @property
     def max_bound(self) -> int:
@@ -104,7 +123,7 @@ QUANT_DESC_8BIT_PER_TENSOR = QuantDescriptor(narrow_range=False)
 """Per-tensor signed 8-bit, max calibration: the usual activation (input) quantizer. Full range [-128, 127], as
 ONNX QuantizeLinear and TensorRT clamp activations, so fake quant and the deployed engine agree."""
 
-QUANT_DESC_8BIT_HISTOGRAM = QuantDescriptor(narrow_range=False, calib_method="histogram")
+QUANT_DESC_8BIT_HISTOGRAM = QuantDescriptor(narrow_range=False, calibrator="histogram")
 """Per-tensor 8-bit with a histogram calibrator, for entropy / mse / percentile amax."""
 
 QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL = QuantDescriptor(axis=0)

@@ -125,7 +125,7 @@ def test_ignore_callable_and_pooling_types():
 def test_overrides_apply_in_order_and_per_quantizer():
     model = fixed_first_conv_model()
     config = QuantConfig(overrides=[{r"0\.": {"num_bits": 16}},
-                                    {r"0\.conv": {"weight": {"axis": None}, "input": {"calib_method": "histogram"}}},
+                                    {r"0\.conv": {"weight": {"axis": None}, "input": {"calibrator": "histogram"}}},
                                     {r"3": {"num_bits": 4}}, {r"3$": {"num_bits": 6}}])
     report = quantize_model(model, config)
     conv = model[0].conv
@@ -138,7 +138,7 @@ def test_overrides_apply_in_order_and_per_quantizer():
 
 
 def test_config_round_trips_and_rejects_bad_input(tmp_path):
-    config = QuantConfig(input=QuantDescriptor(calib_method="histogram"), ignore=[r"model\.24"],
+    config = QuantConfig(input=QuantDescriptor(calibrator="histogram"), ignore=[r"model\.24"],
                          overrides=[{r"model\.0": {"num_bits": 16}}], modules=["Conv2d", "Linear"])
     for name in ("c.yaml", "c.json"):
         config.save(tmp_path / name)
@@ -152,7 +152,7 @@ def test_config_round_trips_and_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="num_bits"):
         QuantDescriptor(num_bits=1)
     with pytest.raises(ValueError, match="per-tensor only"):
-        QuantDescriptor(axis=0, calib_method="histogram")
+        QuantDescriptor(axis=0, calibrator="histogram")
     with pytest.raises(ValueError, match="overrides.*unknown field"):
         QuantConfig(overrides=[{"x": {"bits": 4}}])
     with pytest.raises(ValueError, match="no built-in quantized twin"):

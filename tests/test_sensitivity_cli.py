@@ -115,10 +115,10 @@ def _calibrator_worker(rank: int, world: int, init: str, out: str) -> None:
         model = _calib_model()
         for batch in _calib_data()[rank::world]:
             for q in (model._input_quantizer, model._weight_quantizer):
-                q._calibrator.collect(batch)
+                q.calibrator.collect(batch)
         all_reduce_calibrators(model)
-        mx, hist = model._input_quantizer._calibrator, model._weight_quantizer._calibrator
-        torch.save({"max": mx._amax, "n": mx.num_collected, "counts": hist.counts, "width": hist.bin_width,
+        mx, hist = model._input_quantizer.calibrator, model._weight_quantizer.calibrator
+        torch.save({"max": mx.compute_amax(), "n": mx.num_collected, "counts": hist.counts, "width": hist.bin_width,
                     "hist_n": hist.num_collected}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -138,7 +138,7 @@ class _Holder(torch.nn.Module):
         super().__init__()
         from qdqtorch import TensorQuantizer
         self._input_quantizer = TensorQuantizer({"axis": 1})
-        self._weight_quantizer = TensorQuantizer({"calib_method": "histogram"})
+        self._weight_quantizer = TensorQuantizer({"calibrator": "histogram"})
 
 
 def _calib_model():
@@ -154,6 +154,6 @@ def test_calibration_all_reduce_across_two_processes(tmp_path):
         single_max.collect(batch)
         single_hist.collect(batch)
     for state in ranks:
-        assert torch.equal(state["max"], single_max._amax) and state["n"] == 4
+        assert torch.equal(state["max"], single_max.compute_amax()) and state["n"] == 4
         assert state["width"] == single_hist.bin_width and state["hist_n"] == 4
         assert torch.equal(state["counts"], single_hist.counts)

@@ -8,14 +8,13 @@ every candidate threshold in closed form from prefix sums: no Python loop over b
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
 from ..tensor_quant import quant_bounds
 from .max import NonFiniteError
-
-HISTOGRAM_METHODS = ("max", "entropy", "mse", "percentile")
+from .methods import AMAX_METHODS
 
 
 class HistogramCalibrator:
@@ -99,6 +98,18 @@ class HistogramCalibrator:
         self.max_value = max(self.max_value, other.max_value)
         self.num_collected += other.num_collected
 
+    def state(self) -> Dict[str, Any]:
+        """The collected statistics as plain data (counts on CPU), for `load_state` or for sending to other ranks."""
+        return {"counts": None if self.counts is None else self.counts.cpu(), "bin_width": self.bin_width,
+                "max_value": self.max_value, "pending_zeros": self._pending_zeros, "n": self.num_collected}
+
+    def load_state(self, state: Mapping[str, Any], device: Optional[torch.device] = None) -> None:
+        """Replace the statistics by a `state()`, counts on `device` if given."""
+        counts = state["counts"]
+        self.counts = None if counts is None else counts.to(device).clone()
+        self.bin_width, self.max_value = state["bin_width"], state["max_value"]
+        self._pending_zeros, self.num_collected = int(state["pending_zeros"]), int(state["n"])
+
     def reset(self) -> None:
         """Forget everything collected."""
         self.counts, self.bin_width, self.max_value = None, None, 0.0
@@ -109,8 +120,8 @@ class HistogramCalibrator:
     def compute_amax(self, method: str = "percentile", *, percentile: float = 99.99, start_bin: int = 128,
                      stride: int = 1) -> Optional[torch.Tensor]:
         """amax from the histogram by `method` in {max, entropy, mse, percentile}; None if nothing was collected."""
-        if method not in HISTOGRAM_METHODS:
-            raise ValueError(f"HistogramCalibrator: unknown method {method!r}; choose one of {HISTOGRAM_METHODS}")
+        if method not in AMAX_METHODS:
+            raise ValueError(f"HistogramCalibrator: unknown method {method!r}; choose one of {AMAX_METHODS}")
         if self.num_collected == 0:
             return None
         if self.counts is None:  # only zeros seen

@@ -1,7 +1,7 @@
 """MaxCalibrator: running absolute maximum, per tensor or per channel."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
@@ -19,7 +19,7 @@ class MaxCalibrator:
         self.num_bits = num_bits
         self.axis = axis
         self.unsigned = unsigned
-        self._amax: Optional[torch.Tensor] = None
+        self._max: Optional[torch.Tensor] = None
         self.num_collected = 0
 
     def collect(self, x: torch.Tensor) -> None:
@@ -33,29 +33,44 @@ class MaxCalibrator:
             amax = (x.abs().amax(dim=dims) if dims else x.abs()).float()
         if not torch.isfinite(amax).all():  # NaN/Inf propagate into the max: one cheap check
             raise NonFiniteError("input holds NaN/Inf values")
-        if self._amax is None:
-            self._amax = amax
-        elif self._amax.shape != amax.shape:
-            raise ValueError(f"MaxCalibrator: per-channel size changed from {tuple(self._amax.shape)} to "
+        if self._max is None:
+            self._max = amax
+        elif self._max.shape != amax.shape:
+            raise ValueError(f"MaxCalibrator: per-channel size changed from {tuple(self._max.shape)} to "
                              f"{tuple(amax.shape)} between batches (axis={self.axis})")
         else:
-            self._amax = torch.maximum(self._amax, amax.to(self._amax.device))
+            self._max = torch.maximum(self._max, amax.to(self._max.device))
         self.num_collected += 1
 
     def compute_amax(self) -> Optional[torch.Tensor]:
         """The running max (None if nothing was collected)."""
-        return None if self._amax is None else self._amax.clone()
+        return None if self._max is None else self._max.clone()
 
     def merge_(self, other: "MaxCalibrator") -> None:
         """Fold another calibrator's statistics into this one (tied quantizers, distributed ranks)."""
-        if other._amax is None:
+        if other._max is None:
             return
-        self._amax = other._amax.clone() if self._amax is None else torch.maximum(self._amax, other._amax.to(self._amax.device))
+        self._max = other._max.clone() if self._max is None else torch.maximum(self._max, other._max.to(self._max.device))
         self.num_collected += other.num_collected
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        """Where the running max lives (None before any data)."""
+        return None if self._max is None else self._max.device
+
+    def state(self) -> Dict[str, Any]:
+        """The collected statistics as plain data (running max on CPU, batch count), for `load_state`."""
+        return {"max": None if self._max is None else self._max.detach().cpu().clone(), "n": self.num_collected}
+
+    def load_state(self, state: Mapping[str, Any], device: Optional[torch.device] = None) -> None:
+        """Replace the statistics by a `state()` (e.g. all-reduced across ranks), on `device` if given."""
+        value = state["max"]
+        self._max = None if value is None else torch.as_tensor(value, dtype=torch.float32).to(device).clone()
+        self.num_collected = int(state["n"])
 
     def reset(self) -> None:
         """Forget everything collected."""
-        self._amax = None
+        self._max = None
         self.num_collected = 0
 
     def __repr__(self) -> str:

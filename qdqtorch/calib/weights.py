@@ -6,8 +6,7 @@ from typing import Optional
 import torch
 
 from ..tensor_quant import normalize_axis, quant_bounds
-
-WEIGHT_METHODS = ("max", "mse", "percentile", "admm")
+from .methods import WEIGHT_METHODS
 
 
 def _rows(weight: torch.Tensor, axis: Optional[int]) -> torch.Tensor:

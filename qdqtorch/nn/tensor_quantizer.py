@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Optional, Union
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
-from ..calib import HistogramCalibrator, MaxCalibrator, NonFiniteError
-from ..descriptor import HISTOGRAM_CALIB_METHODS, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
+from ..calib import HistogramCalibrator, MaxCalibrator, NonFiniteError, effective_method
+from ..descriptor import QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from ..tensor_quant import amax_to_scale, fake_tensor_quant, learnable_fake_tensor_quant, tensor_quant
 
 Calibrator = Union[MaxCalibrator, HistogramCalibrator]
@@ -19,10 +21,29 @@ class CalibrationError(RuntimeError):
 
 
 def make_calibrator(desc: QuantDescriptor) -> Calibrator:
-    """The calibrator a descriptor asks for."""
-    if desc.calib_method in HISTOGRAM_CALIB_METHODS:
+    """The calibrator a descriptor asks for (`desc.calibrator_kind`)."""
+    if desc.calibrator_kind == "histogram":
         return HistogramCalibrator(desc.num_bits, desc.axis, desc.unsigned)
     return MaxCalibrator(desc.num_bits, desc.axis, desc.unsigned)
+
+
+@dataclass(frozen=True)
+class QuantizerMode:
+    """What a quantizer does in forward: nothing when not `enabled`; else feeds its calibrator when `calib` and
+    fake-quantizes when `quant`."""
+
+    enabled: bool = True
+    quant: bool = True
+    calib: bool = False
+
+
+@dataclass(frozen=True)
+class QuantizerSnapshot:
+    """A quantizer's mode and, when taken with `amax=True`, its amax (`TensorQuantizer.snapshot` / `restore`)."""
+
+    mode: QuantizerMode
+    amax: Optional[torch.Tensor] = None
+    has_amax: bool = False  # amax was saved (None then means "had no amax")
 
 
 class TensorQuantizer(nn.Module):
@@ -99,15 +120,14 @@ class TensorQuantizer(nn.Module):
     def load_calib_amax(self, method: Optional[str] = None, strict: bool = True, **kwargs: Any) -> None:
         """Set amax from the calibrator's statistics.
 
-        `method` applies to histogram calibrators ("max", "entropy", "mse", "percentile"); a descriptor naming a
-        specific histogram method wins over it; max calibrators always give the running max.
+        `method` (an amax method of `qdqtorch.calib.methods`) applies to histogram calibrators; the descriptor's
+        `calib_method` wins over it (`effective_method`); max calibrators always give the running max.
         """
         calib = self._calibrator
         if calib is None:
             raise CalibrationError(f"{self.label}: has no calibrator")
         if isinstance(calib, HistogramCalibrator):
-            fixed = self.desc.calib_method if self.desc.calib_method in ("entropy", "mse", "percentile") else None
-            amax = calib.compute_amax(fixed or method or "percentile", **kwargs)
+            amax = calib.compute_amax(effective_method(method, self.desc.calib_method), **kwargs)
         else:
             amax = calib.compute_amax()
         if amax is None:
@@ -124,6 +144,44 @@ class TensorQuantizer(nn.Module):
         self.amax = amax
 
     # ---- modes ----------------------------------------------------------------------------------------------------
+    @property
+    def mode(self) -> QuantizerMode:
+        """The current mode (enabled, quant, calib) as an immutable value."""
+        return QuantizerMode(enabled=not self._disabled, quant=self._if_quant, calib=self._if_calib)
+
+    def set_mode(self, mode: Optional[QuantizerMode] = None, *, enabled: Optional[bool] = None,
+                 quant: Optional[bool] = None, calib: Optional[bool] = None) -> None:
+        """Set the mode: a whole `QuantizerMode`, and/or single flags (None leaves a flag as it is)."""
+        base = mode if mode is not None else self.mode
+        new = QuantizerMode(enabled=base.enabled if enabled is None else bool(enabled),
+                            quant=base.quant if quant is None else bool(quant),
+                            calib=base.calib if calib is None else bool(calib))
+        if new.calib and not self._if_calib and self._calibrator is None:
+            raise CalibrationError(f"{self.label}: has no calibrator to enable")
+        self._disabled, self._if_quant, self._if_calib = not new.enabled, new.quant, new.calib
+
+    def snapshot(self, amax: bool = False) -> QuantizerSnapshot:
+        """The current mode (and a copy of amax when `amax`), for `restore`."""
+        if not amax:
+            return QuantizerSnapshot(self.mode)
+        value = self.amax
+        return QuantizerSnapshot(self.mode, None if value is None else value.detach().clone(), True)
+
+    def restore(self, snapshot: QuantizerSnapshot) -> None:
+        """Put back a `snapshot()`: the mode, and amax if it was saved (in place when the shape is unchanged, so a
+        learned amax stays the same Parameter object)."""
+        self.set_mode(snapshot.mode)
+        if not snapshot.has_amax:
+            return
+        current = self.amax
+        if snapshot.amax is None:
+            self._set_amax(torch.empty(0))
+        elif current is not None and current.shape == snapshot.amax.shape:
+            with torch.no_grad():
+                current.copy_(snapshot.amax.to(current.device))
+        else:
+            self._set_amax(snapshot.amax)
+
     def enable(self) -> None:
         """Turn the quantizer on (quantize and/or calibrate per its flags)."""
         self._disabled = False
@@ -142,9 +200,7 @@ class TensorQuantizer(nn.Module):
 
     def enable_calib(self) -> None:
         """Feed every forward input to the calibrator."""
-        if self._calibrator is None:
-            raise CalibrationError(f"{self.label}: has no calibrator to enable")
-        self._if_calib = True
+        self.set_mode(calib=True)
 
     def disable_calib(self) -> None:
         """Stop feeding the calibrator."""
@@ -154,6 +210,26 @@ class TensorQuantizer(nn.Module):
     def is_enabled(self) -> bool:
         """False when disabled (identity)."""
         return not self._disabled
+
+    # ---- calibrator -------------------------------------------------------------------------------------------
+    @property
+    def calibrator(self) -> Optional[Calibrator]:
+        """The statistics collector (MaxCalibrator or HistogramCalibrator), None if the quantizer has none."""
+        return self._calibrator
+
+    @calibrator.setter
+    def calibrator(self, value: Optional[Calibrator]) -> None:
+        if value is not None and not isinstance(value, (MaxCalibrator, HistogramCalibrator)):
+            raise TypeError(f"{self.label}: calibrator must be a MaxCalibrator or HistogramCalibrator, "
+                            f"got {type(value).__name__}")
+        if value is None:
+            self._if_calib = False
+        self._calibrator = value
+
+    @property
+    def is_learnable(self) -> bool:
+        """True when amax is an nn.Parameter (trained with the model)."""
+        return isinstance(self._amax, nn.Parameter)
 
     # ---- forward ----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,3 +305,28 @@ class TensorQuantizer(nn.Module):
         if self._if_calib:
             parts.append("calibrating")
         return " ".join(parts)
+
+
+def _quantizers(target: Union[nn.Module, Iterable[TensorQuantizer]]) -> List[TensorQuantizer]:
+    modules = target.modules() if isinstance(target, nn.Module) else target
+    seen: dict = {}
+    for m in modules:
+        if isinstance(m, TensorQuantizer):
+            seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
+@contextmanager
+def preserve_quantizer_state(target: Union[nn.Module, Iterable[TensorQuantizer]],
+                             amax: bool = False) -> Iterator[List[TensorQuantizer]]:
+    """Snapshot every quantizer of a model (or the given quantizers) and restore them on exit, also on error.
+
+    Yields the quantizers. Restores the modes; also the amax values when `amax` is True.
+    """
+    quantizers = _quantizers(target)
+    saved = [(q, q.snapshot(amax=amax)) for q in quantizers]
+    try:
+        yield quantizers
+    finally:
+        for q, snap in reversed(saved):
+            q.restore(snap)

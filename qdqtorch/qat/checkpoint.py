@@ -22,7 +22,7 @@ _TORCH_SUFFIXES = (".pt", ".pth")
 
 def _quantizer_settings(model: nn.Module) -> Dict[str, dict]:
     return {name: {"num_bits": q.num_bits, "axis": q.axis, "enabled": q.is_enabled,
-                   "learn_amax": isinstance(q._amax, nn.Parameter)} for name, q in named_quantizers(model)}
+                   "learn_amax": q.is_learnable} for name, q in named_quantizers(model)}
 
 
 def _atomic(path: Path, write) -> None:

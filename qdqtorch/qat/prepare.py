@@ -85,7 +85,7 @@ def make_amax_learnable(quantizer: TensorQuantizer) -> None:
         raise CalibrationError(f"{quantizer.label}: cannot learn amax before it has one; calibrate first")
     if not quantizer.learn_amax:
         quantizer.desc = quantizer.desc.replace(learn_amax=True)
-    if not isinstance(quantizer._amax, nn.Parameter):
+    if not quantizer.is_learnable:
         quantizer.amax = quantizer.amax  # re-registers `_amax` as a Parameter (TensorQuantizer._set_amax)
 
 
@@ -138,7 +138,7 @@ def prepare_qat(model: nn.Module, *, freeze_bn: bool = True, learn_amax: LearnAm
         model.requires_grad_(True)
     for name, q in _select(enabled, learn_amax):
         make_amax_learnable(q)
-        q._amax.requires_grad_(True)
+        q.amax.requires_grad_(True)
         report.learned_amax.append(name)
     model.train()
     if freeze_bn:
@@ -151,7 +151,7 @@ def prepare_qat(model: nn.Module, *, freeze_bn: bool = True, learn_amax: LearnAm
 
 def amax_parameters(model: nn.Module) -> List[nn.Parameter]:
     """The learned amax Parameters of every quantizer in the model."""
-    return [q._amax for _, q in named_quantizers(model) if isinstance(q._amax, nn.Parameter)]
+    return [q.amax for _, q in named_quantizers(model) if q.is_learnable]
 
 
 def param_groups(model: nn.Module, lr: float, *, amax_lr: Optional[float] = None,

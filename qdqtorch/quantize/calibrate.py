@@ -8,11 +8,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..calib import HISTOGRAM_METHODS, HistogramCalibrator, MaxCalibrator, weight_amax
-from ..nn import CalibrationError, TensorQuantizer
+from ..calib import AMAX_METHODS, HistogramCalibrator, MaxCalibrator, calibrator_for, check_amax_method, weight_amax
+from ..nn import CalibrationError, TensorQuantizer, preserve_quantizer_state
 from .control import named_quantizers, weight_quantizer_ids
 
-AMAX_METHODS = HISTOGRAM_METHODS  # max, entropy, mse, percentile
+__all__ = ["AMAX_METHODS", "calibrate", "calibrate_weights", "collect_stats", "compute_amax", "run_batch",
+           "use_histogram_calibrators"]
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -59,15 +60,15 @@ def _activation_quantizers(model: nn.Module):
 def _calibratable(model: nn.Module):
     """Enabled activation quantizers that have a calibrator and no fixed amax in their descriptor."""
     return [(n, q) for n, q in _activation_quantizers(model)
-            if q.is_enabled and q._calibrator is not None and q.desc.amax is None]
+            if q.is_enabled and q.calibrator is not None and q.desc.amax is None]
 
 
 def use_histogram_calibrators(model: nn.Module, num_bins: int = 2048) -> int:
     """Give every per-tensor activation quantizer that has a max calibrator a histogram calibrator instead."""
     count = 0
     for _, q in _activation_quantizers(model):
-        if isinstance(q._calibrator, MaxCalibrator) and q.axis is None:
-            q._calibrator = HistogramCalibrator(q.num_bits, None, q.unsigned, num_bins=num_bins)
+        if isinstance(q.calibrator, MaxCalibrator) and q.axis is None:
+            q.calibrator = HistogramCalibrator(q.num_bits, None, q.unsigned, num_bins=num_bins)
             count += 1
     return count
 
@@ -86,28 +87,24 @@ def collect_stats(model: nn.Module, data: Iterable, num_batches: Optional[int] =
     if not activations:
         raise CalibrationError("collect_stats: the model has no enabled activation quantizer with a calibrator; "
                                "run quantize_model first")
-    saved = [(q, q._disabled, q._if_quant, q._if_calib) for _, q in named_quantizers(model)]
     was_training = model.training
     fed = 0
-    try:
-        for _, q in named_quantizers(model):
-            q.disable()
-        for q in activations:
-            q.enable()
-            q.disable_quant()
-            q.enable_calib()
-        model.eval()
-        total = num_batches
-        if total is None and hasattr(data, "__len__"):
-            total = len(data)
-        for batch in tqdm(itertools.islice(data, num_batches), total=total, desc="calibrating", unit="batch",
-                          disable=not progress):
-            run_batch(model, batch, device, preprocess)
-            fed += 1
-    finally:
-        for q, disabled, if_quant, if_calib in saved:
-            q._disabled, q._if_quant, q._if_calib = disabled, if_quant, if_calib
-        model.train(was_training)
+    with preserve_quantizer_state(model) as quantizers:
+        try:
+            for q in quantizers:
+                q.disable()
+            for q in activations:
+                q.set_mode(enabled=True, quant=False, calib=True)
+            model.eval()
+            total = num_batches
+            if total is None and hasattr(data, "__len__"):
+                total = len(data)
+            for batch in tqdm(itertools.islice(data, num_batches), total=total, desc="calibrating", unit="batch",
+                              disable=not progress):
+                run_batch(model, batch, device, preprocess)
+                fed += 1
+        finally:
+            model.train(was_training)
     if fed == 0:
         raise CalibrationError("collect_stats: the calibration data yielded no batch; check the data source")
     return fed
@@ -121,20 +118,19 @@ def compute_amax(model: nn.Module, method: str = "max", *, weight_method: str = 
 
     Raises one CalibrationError naming every activation quantizer whose calibrator saw no data (strict).
     """
-    if method not in AMAX_METHODS:
-        raise ValueError(f"compute_amax: unknown method {method!r}; choose one of {AMAX_METHODS}")
+    check_amax_method(method, "compute_amax")
     activations = _calibratable(model)
-    if method != "max" and activations and not any(isinstance(q._calibrator, HistogramCalibrator)
-                                                  for _, q in activations):
+    if calibrator_for(method) == "histogram" and activations and not any(
+            isinstance(q.calibrator, HistogramCalibrator) for _, q in activations):
         raise CalibrationError(f"compute_amax: method {method!r} needs histogram statistics but every activation "
-                               "quantizer has a max calibrator; use QuantDescriptor(calib_method='histogram') or "
+                               "quantizer has a max calibrator; use QuantDescriptor(calibrator='histogram') or "
                                "qdqtorch.calibrate(..., method=...), which selects the calibrator for you")
     missing = []
     for name, q in tqdm(activations, desc=f"amax ({method})", unit="quantizer", disable=not progress):
-        if q._calibrator.num_collected == 0:
+        if q.calibrator.num_collected == 0:
             missing.append(name)
             continue
-        hist_kwargs = kwargs if isinstance(q._calibrator, HistogramCalibrator) else {}
+        hist_kwargs = kwargs if isinstance(q.calibrator, HistogramCalibrator) else {}
         q.load_calib_amax(method, **hist_kwargs)
     if missing and strict:
         raise CalibrationError(f"compute_amax: the forward pass never reached {len(missing)} quantizer(s) while "
@@ -161,12 +157,11 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
               preprocess: Optional[Callable] = None, progress: bool = True, **kwargs: Any) -> None:
     """collect_stats + compute_amax in one call; a histogram `method` switches per-tensor activation quantizers
     from max to histogram calibrators first."""
-    if method not in AMAX_METHODS:
-        raise ValueError(f"calibrate: unknown method {method!r}; choose one of {AMAX_METHODS}")
-    if method != "max":
+    check_amax_method(method, "calibrate")
+    if calibrator_for(method) == "histogram":
         use_histogram_calibrators(model)
     for _, q in named_quantizers(model):
-        if q._calibrator is not None:
-            q._calibrator.reset()
+        if q.calibrator is not None:
+            q.calibrator.reset()
     collect_stats(model, data, num_batches, device=device, preprocess=preprocess, progress=progress)
     compute_amax(model, method, weight_method=weight_method, progress=progress, **kwargs)

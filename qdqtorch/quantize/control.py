@@ -5,7 +5,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 from torch import nn
 
-from ..nn import TensorQuantizer
+from ..nn import QuantizerSnapshot, TensorQuantizer
 
 
 def named_quantizers(model: nn.Module) -> Iterator[Tuple[str, TensorQuantizer]]:
@@ -22,19 +22,19 @@ def weight_quantizer_ids(model: nn.Module) -> set:
 
 
 class _Toggle:
-    """Sets `_disabled` on selected quantizers now; restores the previous states on `restore()` or context exit."""
+    """Enables or disables selected quantizers now; restores their previous modes on `restore()` or context exit."""
 
     def __init__(self, module: nn.Module, disabled: bool, select: Optional[Callable[[str], bool]] = None) -> None:
-        self._saved: List[Tuple[TensorQuantizer, bool]] = []
+        self._saved: List[Tuple[TensorQuantizer, QuantizerSnapshot]] = []
         for name, quantizer in named_quantizers(module):
             if select is None or select(name):
-                self._saved.append((quantizer, quantizer._disabled))
-                quantizer._disabled = disabled
+                self._saved.append((quantizer, quantizer.snapshot()))
+                quantizer.set_mode(enabled=not disabled)
 
     def restore(self) -> None:
         """Put every touched quantizer back as it was."""
-        for quantizer, state in reversed(self._saved):
-            quantizer._disabled = state
+        for quantizer, snapshot in reversed(self._saved):
+            quantizer.restore(snapshot)
         self._saved = []
 
     def __enter__(self) -> "_Toggle":

@@ -138,5 +138,5 @@ def quant_summary(model: nn.Module) -> QuantSummary:
         rows.append({"name": name, "enabled": q.is_enabled, "bits": q.num_bits, "axis": q.axis,
                      "amax_min": None if amax is None else float(amax.min()),
                      "amax_max": None if amax is None else float(amax.max()),
-                     "calibrator": type(q._calibrator).__name__ if q._calibrator is not None else "-"})
+                     "calibrator": type(q.calibrator).__name__ if q.calibrator is not None else "-"})
     return QuantSummary(rows)

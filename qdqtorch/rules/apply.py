@@ -66,13 +66,13 @@ def _shared_quantizer(objs: List[TensorQuantizer], desc: QuantDescriptor, device
     src = objs[0] if objs else None
     shared = TiedQuantizer(src.desc if src is not None else desc)
     if src is not None:
-        shared._if_quant, shared._if_calib = src._if_quant, src._if_calib
-        if src._calibrator is not None:
-            shared._calibrator = copy.deepcopy(src._calibrator)
+        if src.calibrator is not None:
+            shared.calibrator = copy.deepcopy(src.calibrator)
             for q in objs[1:]:
-                same_kind = type(q._calibrator) is type(shared._calibrator)
-                if same_kind and q._calibrator.num_collected:
-                    shared._calibrator.merge_(q._calibrator)
+                same_kind = type(q.calibrator) is type(shared.calibrator)
+                if same_kind and q.calibrator.num_collected:
+                    shared.calibrator.merge_(q.calibrator)
+        shared.set_mode(quant=src.mode.quant, calib=src.mode.calib)
         amaxes = [q.amax for q in objs if q.amax is not None]
         if amaxes and src.desc.amax is None:
             warnings.warn(f"apply_tensorrt_rules: {src.label} and its group were already calibrated; the tied "

@@ -213,7 +213,7 @@ def trace_graph(model: nn.Module, example_input: Union[torch.Tensor, Sequence[to
     handles = []
     saved_modes = {id(m): m.training for m in model.modules()}
     quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer)]
-    saved_q = [(q, q._disabled) for q in quantizers]
+    saved_q = [(q, q.snapshot()) for q in quantizers]
     for name, module in model.named_modules():
         graph.modules[id(module)] = module
         graph.paths[id(module)] = name
@@ -237,8 +237,8 @@ def trace_graph(model: nn.Module, example_input: Union[torch.Tensor, Sequence[to
     finally:
         for h in handles:
             h.remove()
-        for q, disabled in saved_q:
-            q._disabled = disabled
+        for q, snapshot in saved_q:
+            q.restore(snapshot)
         for m in model.modules():
             m.training = saved_modes.get(id(m), m.training)
     return graph

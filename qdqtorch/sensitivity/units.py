@@ -104,7 +104,7 @@ class QuantizerSwitch:
         missing = sorted(wanted - set(self._quantizers))
         if missing:
             raise ValueError(f"units name quantizers the model does not have: {missing[:5]}")
-        self._saved = {n: q._disabled for n, q in self._quantizers.items()}
+        self._saved = {n: q.snapshot() for n, q in self._quantizers.items()}
 
     @property
     def names(self) -> List[str]:
@@ -118,12 +118,12 @@ class QuantizerSwitch:
         if unknown:
             raise ValueError(f"not swept quantizer(s): {sorted(unknown)[:5]}")
         for name, q in self._quantizers.items():
-            q._disabled = name not in on
+            q.set_mode(enabled=name in on)
 
     def restore(self) -> None:
         """Back to the states found at construction."""
         for name, q in self._quantizers.items():
-            q._disabled = self._saved[name]
+            q.restore(self._saved[name])
 
     def __enter__(self) -> "QuantizerSwitch":
         return self
