@@ -46,7 +46,8 @@ class QuantDescriptor:
             raise ValueError(f"QuantDescriptor.calib_method must be None or one of {AMAX_METHODS}, "
                              f"got {self.calib_method!r}")
         if self.calibrator is not None and self.calibrator not in CALIBRATORS:
-            raise ValueError(f"QuantDescriptor.calibrator must be None or one of {CALIBRATORS}, got {self.calibrator!r}")
+            raise ValueError(f"QuantDescriptor.calibrator must be None or one of {CALIBRATORS}, "
+                             f"got {self.calibrator!r}")
         needed = calibrator_for(self.calib_method)
         if self.calibrator == "max" and needed != "max":
             raise ValueError(f"QuantDescriptor: calib_method={self.calib_method!r} needs calibrator='histogram', "
@@ -61,7 +62,8 @@ class QuantDescriptor:
         if self.amax is not None:
             values = [self.amax] if isinstance(self.amax, (int, float)) else list(self.amax)
             if not values or any(not isinstance(v, (int, float)) or not v >= 0 for v in values):
-                raise ValueError(f"QuantDescriptor.amax must be a non-negative number or list of them, got {self.amax!r}")
+                raise ValueError("QuantDescriptor.amax must be a non-negative number or list of them, "
+                                 f"got {self.amax!r}")
             if not isinstance(self.amax, (int, float)):
                 object.__setattr__(self, "amax", tuple(float(v) for v in values))
 

@@ -22,7 +22,7 @@ _lock = threading.Lock()
 _depth = 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _libc() -> Optional[ctypes.CDLL]:
     """The process's C library if it is glibc (the only one whose mallopt this tunes), else None."""
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from qdqtorch.calib import AMAX_METHODS, WEIGHT_METHODS  # noqa: E402
 from qdqtorch.pipeline import PTQSettings, run_ptq, table  # noqa: E402
 from qdqtorch.pipeline.cli import run_cli  # noqa: E402
 from qdqtorch.quantize import RULES  # noqa: E402
@@ -56,10 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-eval", type=int, default=S, help="evaluation images (default all)")
     p.add_argument("--batch", type=int, default=S, help="batch size (default 16)")
     p.add_argument("--imgsz", type=int, default=S, help="letterbox size (default 640)")
-    p.add_argument("--calib-method", choices=["max", "entropy", "mse", "percentile"], default=S,
+    p.add_argument("--calib-method", choices=AMAX_METHODS, default=S,
                    help="activation amax method (default mse: the best measured, BENCHMARKS.md §2)")
     p.add_argument("--percentile", type=float, default=S, help="for --calib-method percentile (default 99.99)")
-    p.add_argument("--weight-method", choices=["max", "mse", "percentile", "admm"], default=S,
+    p.add_argument("--weight-method", choices=WEIGHT_METHODS, default=S,
                    help="weight amax method (default max)")
     p.add_argument("--ignore", nargs="+", default=S, metavar="REGEX",
                    help="layers kept float (re.match on dotted module names)")

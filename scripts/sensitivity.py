@@ -31,6 +31,7 @@ S = argparse.SUPPRESS  # options left out keep the --config file's value (or the
 
 
 def run_parser() -> argparse.ArgumentParser:
+    from qdqtorch.calib import AMAX_METHODS, WEIGHT_METHODS
     from qdqtorch.quantize import RULES
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model, data and calibration (as scripts/ptq.py)")
@@ -45,9 +46,9 @@ def run_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-images", dest="num_eval", type=int, default=S, help="evaluation images (default all)")
     g.add_argument("--imgsz", type=int, default=S, help="letterbox size (default 640)")
     g.add_argument("--batch", type=int, default=S, help="batch size (default 16)")
-    g.add_argument("--calib-method", choices=["max", "entropy", "mse", "percentile"], default=S)
+    g.add_argument("--calib-method", choices=AMAX_METHODS, default=S)
     g.add_argument("--percentile", type=float, default=S)
-    g.add_argument("--weight-method", choices=["max", "mse", "percentile", "admm"], default=S)
+    g.add_argument("--weight-method", choices=WEIGHT_METHODS, default=S)
     g.add_argument("--ignore", nargs="+", default=S, metavar="REGEX", help="layers kept float throughout")
     g.add_argument("--rules", choices=RULES, default=S,
                      help="TensorRT Q/DQ placement rules: tensorrt (residual shortcuts float, the accurate default) or "

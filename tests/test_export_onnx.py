@@ -258,7 +258,7 @@ def test_yolov5n_qdq_parameters_equal_the_quantizers(yolo_export) -> None:
                 key = np.round(float(m._weight_quantizer.amax.sum()) / 127, 6)
                 torch_weights[key] = m._weight_quantizer(m.weight).numpy()
     checked = 0
-    for node, scale, zp in params:
+    for node, scale, _zp in params:
         if node.op_type != "QuantizeLinear" or scale.size == 1:
             continue
         w = inits[node.input[0]]

@@ -105,7 +105,8 @@ def test_half_input_keeps_dtype():
     assert torch.allclose(out.float(), fake_tensor_quant(x.float(), torch.tensor(1.0)), atol=1e-3)
 
 
-@pytest.mark.parametrize("bits,unsigned,narrow", [(8, False, True), (8, False, False), (8, True, True), (4, False, True)])
+@pytest.mark.parametrize("bits,unsigned,narrow",
+                         [(8, False, True), (8, False, False), (8, True, True), (4, False, True)])
 def test_cpu_inference_path_is_bit_identical_to_torch_kernel(bits, unsigned, narrow):
     """Under no_grad on CPU fake_tensor_quant skips torch's fused kernel; its values must not change by one bit,
     including exact .5 ties, values beyond amax, and many scales."""

@@ -50,7 +50,8 @@ class MaxCalibrator:
         """Fold another calibrator's statistics into this one (tied quantizers, distributed ranks)."""
         if other._max is None:
             return
-        self._max = other._max.clone() if self._max is None else torch.maximum(self._max, other._max.to(self._max.device))
+        theirs = other._max
+        self._max = theirs.clone() if self._max is None else torch.maximum(self._max, theirs.to(self._max.device))
         self.num_collected += other.num_collected
 
     @property

@@ -4,12 +4,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Callable
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_hook(spec: str) -> Callable:
     """Import the hook function. It is called as ``fn(paths: list[str], settings: Preprocess) -> Tensor (B,C,H,W)``.
 

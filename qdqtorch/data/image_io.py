@@ -5,8 +5,9 @@ import warnings
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
+
+from .._optional import require
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm", ".jp2")
 
@@ -21,6 +22,7 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     Uses cv2.IMREAD_COLOR (as YOLO's own loaders do), which also applies the EXIF orientation and performs the
     depth/channel conversions; the bytes fallback handles paths cv2.imread cannot open (non-ASCII on Windows).
     """
+    cv2 = require("cv2", "opencv-python", "images", "reading images (qdqtorch.data)")
     path = str(path)
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 
+from .._optional import require
 from .preprocess import Preprocess
 
-_CV2_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST,
-               "cubic": cv2.INTER_CUBIC}
+_CV2_INTERP = {"linear": "INTER_LINEAR", "area": "INTER_AREA", "nearest": "INTER_NEAREST", "cubic": "INTER_CUBIC"}
+
+
+def _cv2():
+    return require("cv2", "opencv-python", "images", "image resizing (qdqtorch.data)")
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,10 @@ class TransformInfo:
 
 
 def _interp(mode: str, shrinking: bool) -> int:
+    cv2 = _cv2()
     if mode == "auto":      # area averaging avoids aliasing when shrinking; linear when enlarging
         return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return _CV2_INTERP[mode]
+    return getattr(cv2, _CV2_INTERP[mode])
 
 
 def letterbox(img: np.ndarray, new_hw: Union[int, Sequence[int]], pad_value: int = 114, scaleup: bool = True,
@@ -61,6 +65,7 @@ def letterbox(img: np.ndarray, new_hw: Union[int, Sequence[int]], pad_value: int
     if not scaleup:
         r = min(r, 1.0)
     rw, rh = max(1, int(round(w * r))), max(1, int(round(h * r)))
+    cv2 = _cv2()
     if (rw, rh) != (w, h):
         img = cv2.resize(img, (rw, rh), interpolation=_interp(interpolation, r < 1))
     pad_w, pad_h = new_w - rw, new_h - rh
@@ -78,7 +83,7 @@ def plain_resize(img: np.ndarray, new_hw: Union[int, Sequence[int]],
     h, w = img.shape[:2]
     if (new_h, new_w) != (h, w):
         shrinking = new_h * new_w < h * w
-        img = cv2.resize(img, (new_w, new_h), interpolation=_interp(interpolation, shrinking))
+        img = _cv2().resize(img, (new_w, new_h), interpolation=_interp(interpolation, shrinking))
     return img, TransformInfo(orig_hw=(h, w), ratio=(new_w / w, new_h / h), pad=(0.0, 0.0))
 
 

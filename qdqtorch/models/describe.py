@@ -23,7 +23,7 @@ def _is_anchor_head(module: nn.Module) -> bool:
 
 def find_head(model: nn.Module) -> tuple[str, nn.Module]:
     """Return (layout, head module) for the last detection head in the model."""
-    for name, module in reversed(list(model.named_modules())):
+    for _, module in reversed(list(model.named_modules())):
         if _is_dfl_head(module):
             return ULTRALYTICS, module
         if _is_anchor_head(module):

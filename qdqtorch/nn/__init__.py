@@ -25,7 +25,8 @@ WEIGHTED_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspos
 POOLING_TYPES = ("MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
                  "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d")
 
-__all__ = ["TensorQuantizer", "CalibrationError", "QuantizerMode", "QuantizerSnapshot", "preserve_quantizer_state", "QUANT_TWINS", "WEIGHTED_TYPES", "POOLING_TYPES",
+__all__ = ["TensorQuantizer", "CalibrationError", "QuantizerMode", "QuantizerSnapshot", "preserve_quantizer_state",
+           "QUANT_TWINS", "WEIGHTED_TYPES", "POOLING_TYPES",
            "QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantConvTranspose1d", "QuantConvTranspose2d",
            "QuantConvTranspose3d", "QuantLinear", "QuantAdd", "QuantConcat",
            "QuantMaxPool1d", "QuantMaxPool2d", "QuantMaxPool3d", "QuantAvgPool1d", "QuantAvgPool2d",

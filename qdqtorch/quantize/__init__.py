@@ -8,7 +8,8 @@ from .replace import RULES, QuantReport, name_quantizers, quantize_model
 from .state import QuantSummary, atomic_write_text, load_calibration, quant_summary, save_calibration
 
 __all__ = ["QuantConfig", "QuantReport", "quantize_model", "RULES", "name_quantizers", "collect_stats", "compute_amax",
-           "calibrate", "distributed_calibrate", "calibrate_weights", "use_histogram_calibrators", "run_batch", "AMAX_METHODS",
+           "calibrate", "calibrate_weights", "use_histogram_calibrators", "run_batch", "AMAX_METHODS",
+           "distributed_calibrate",
            "disable_quantization", "enable_quantization", "named_quantizers", "weight_quantizer_ids",
            "save_calibration", "load_calibration", "quant_summary", "QuantSummary", "atomic_write_text",
            "load_config_file", "write_config_file", "resolve_config"]

@@ -44,8 +44,8 @@ def all_reduce_calibrators(model: nn.Module) -> int:
         return len(calibrators)
     maxes = [(n, c) for n, c in calibrators if isinstance(c, MaxCalibrator)]
     if maxes:
-        states = [c.state() for _, c in maxes]
-        mine = [(None if st["max"] is None else tuple(st["max"].shape), st["n"]) for st in states]
+        max_states = [c.state() for _, c in maxes]
+        mine = [(None if st["max"] is None else tuple(st["max"].shape), st["n"]) for st in max_states]
         gathered: List[Any] = [None] * world
         dist.all_gather_object(gathered, mine)
         shapes = []
@@ -59,7 +59,7 @@ def all_reduce_calibrators(model: nn.Module) -> int:
             torch.device("cpu")
         flat = torch.zeros(sum(sizes), dtype=torch.float32, device=device)  # amax >= 0: 0 is neutral for max
         offset = 0
-        for st, size in zip(states, sizes):
+        for st, size in zip(max_states, sizes):
             if st["max"] is not None:
                 flat[offset:offset + size] = st["max"].reshape(-1).to(device, torch.float32)
             offset += size
@@ -74,14 +74,14 @@ def all_reduce_calibrators(model: nn.Module) -> int:
     hists = [(n, c) for n, c in calibrators if isinstance(c, HistogramCalibrator)]
     if hists:
         states: List[Any] = [None] * world
-        dist.all_gather_object(states, [c.state() for _, c in hists])
-        for i, (_, c) in enumerate(hists):
-            device = c.counts.device if c.counts is not None else torch.device("cpu")
-            c.reset()
+        dist.all_gather_object(states, [h.state() for _, h in hists])
+        for i, (_, h) in enumerate(hists):
+            device = h.counts.device if h.counts is not None else torch.device("cpu")
+            h.reset()
             for rank_states in states:
-                part = HistogramCalibrator(c.num_bits, None, c.unsigned, num_bins=c.num_bins, max_bins=c.max_bins)
+                part = HistogramCalibrator(h.num_bits, None, h.unsigned, num_bins=h.num_bins, max_bins=h.max_bins)
                 part.load_state(rank_states[i], device)
-                c.merge_(part)
+                h.merge_(part)
     return len(calibrators)
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Union
 
-import torch
 from torch import nn
 
 from ..nn import CalibrationError, TensorQuantizer

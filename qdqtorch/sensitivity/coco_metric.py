@@ -30,7 +30,8 @@ class CocoMetric(Metric):
         h, w = eval_set.preprocess.hw
         description = {"metric": f"coco_{key}", "data": data, "num_images": len(eval_set),
                        "num_boxes": eval_set.num_annotations, "images_sha256": files, "imgsz": [h, w],
-                       "preprocess": eval_set.preprocess.to_dict(), "scorer": scorer, "conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det,
+                       "preprocess": eval_set.preprocess.to_dict(), "scorer": scorer, "conf_thres": conf_thres,
+                       "iou_thres": iou_thres, "max_det": max_det,
                        "summary": f"{data or 'images'}: {len(eval_set)} images ({eval_set.num_annotations} boxes) "
                                   f"at {h}x{w}, COCO {key} ({scorer} scorer)"}
         super().__init__(self.__call__, f"coco_{key}", True, description)

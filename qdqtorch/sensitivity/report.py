@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from .._optional import require
 from ..quantize import atomic_write_text
 
 
@@ -75,7 +76,7 @@ def markdown(result: dict, topk: int = 20) -> str:
 
 def bar_chart(result: dict, path: Path, topk: int = 40) -> Path:
     """Horizontal bars of the top-k impacts (matplotlib, Agg backend, no display needed)."""
-    import matplotlib
+    matplotlib = require("matplotlib", "matplotlib", "plots", "the sensitivity bar chart (or pass --no-chart)")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
