@@ -107,7 +107,7 @@ def test_torchrun_two_ranks_equals_one_process(reference, tmp_path):
 
 def _calibrator_worker(rank: int, world: int, init: str, out: str) -> None:
     import torch.distributed as dist
-    from qdqtorch.sensitivity.distributed import all_reduce_calibrators
+    from qdqtorch.quantize.distributed import all_reduce_calibrators
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
