@@ -31,7 +31,7 @@ S = argparse.SUPPRESS  # options left out keep the --config file's value (or the
 
 
 def run_parser() -> argparse.ArgumentParser:
-    from qdqtorch.quantize import RULES
+    from qdqtorch.rules import PLACEMENTS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model, data and calibration (as scripts/ptq.py)")
     g.add_argument("--config", help="PTQ settings YAML/JSON (any option of scripts/ptq.py plus a `quant:` section)")
@@ -49,9 +49,9 @@ def run_parser() -> argparse.ArgumentParser:
     g.add_argument("--percentile", type=float, default=S)
     g.add_argument("--weight-method", choices=["max", "mse", "percentile", "admm"], default=S)
     g.add_argument("--ignore", nargs="+", default=S, metavar="REGEX", help="layers kept float throughout")
-    g.add_argument("--rules", choices=RULES, default=S,
+    g.add_argument("--rules", choices=PLACEMENTS, default=S,
                      help="TensorRT Q/DQ placement rules: tensorrt (residual shortcuts float, the accurate default) or "
-                          "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; -0.010 mAP50-95 on YOLOv5n)")
+                          "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; -0.010 mAP50-95 on YOLOv5n) or none")
     g.add_argument("--fold-bn", action="store_true", default=S)
     g.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu; cuda:LOCAL_RANK under torchrun)")
     g.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default fast)")

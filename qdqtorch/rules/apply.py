@@ -17,7 +17,7 @@ from ..quantize.replace import name_quantizers
 from . import ops
 from .analysis import Plan, analyze
 from .report import RulesReport, TiedGroup
-from .placement import Placer, add_hook
+from .hook_sites import Placer, add_hook
 from .tied import TiedQuantizer
 from .trace import Graph, trace_graph
 
