@@ -37,14 +37,21 @@ def _describe(output: Any) -> str:
     return type(output).__name__
 
 
-def select_predictions(output: Any, layout: str) -> torch.Tensor:
-    """Extract the decoded prediction tensor from whatever a detector returns (tensor, tuple, list or dict)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown prediction layout {layout!r}: expected one of {LAYOUTS}")
+def prediction_tensor(output: Any) -> torch.Tensor:
+    """The decoded prediction tensor in whatever a detector returns (tensor, tuple, list or dict): the first rank-3
+    tensor, depth first; the one picker that export (`PredictionOnly`) and evaluation use."""
     pred = _first_3d_tensor(output)
     if pred is None:
-        raise ValueError(f"the model output holds no (batch, ., .) prediction tensor for layout {layout!r}: "
-                         f"got {_describe(output)}. Is the model in eval mode?")
+        raise ValueError(f"the model output holds no (batch, ., .) prediction tensor: got {_describe(output)}. Is the "
+                         "model in eval mode?")
+    return pred
+
+
+def select_predictions(output: Any, layout: str) -> torch.Tensor:
+    """`prediction_tensor` of a detector's output, checked against `layout`'s shape."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown prediction layout {layout!r}: expected one of {LAYOUTS}")
+    pred = prediction_tensor(output)
     if torch.jit.is_tracing():  # shape checks would only emit TracerWarnings during ONNX export
         return pred
     min_channels = 6 if layout == YOLOV5 else 5

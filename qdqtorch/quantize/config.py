@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Union
 
 from torch import nn
 
+from .._imports import import_object
 from ..descriptor import QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from ..nn import QUANT_TWINS, WEIGHTED_TYPES
 
@@ -23,11 +23,7 @@ def _resolve_class(spec: Union[str, type], what: str) -> type:
     if isinstance(spec, type):
         return spec
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"{what}: cannot import {spec!r} ({exc})") from None
+        return import_object(spec, what)
     from .. import nn as qnn
     for namespace in (nn, qnn):
         if hasattr(namespace, spec):
