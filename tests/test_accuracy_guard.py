@@ -46,5 +46,5 @@ def test_tensorrt_rules_with_mse_stay_within_0005_of_float(protocol) -> None:
     qdqtorch.calibrate(model, calib, method="mse", progress=False)
     int8_map = _map(model, loaded, eval_set)
     assert int8_map >= float_map - TOLERANCE, (
-        f"placement "tensorrt" + mse lost {float_map - int8_map:.4f} mAP50-95 (float {float_map:.4f}, int8 "
+        f"placement 'tensorrt' + mse lost {float_map - int8_map:.4f} mAP50-95 (float {float_map:.4f}, int8 "
         f"{int8_map:.4f}); the guard allows {TOLERANCE}")

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "qdqtorch"
 
 # README's diagram, bottom up; a module may import its own rank and below (siblings share a rank)
 RANKS = {
-    "tensor_quant": 0, "calib": 0, "descriptor": 0, "host_memory": 0, "_imports": 0,
+    "tensor_quant": 0, "calib": 0, "descriptor": 0, "host_memory": 0, "user_code": 0,
     "nn": 1,
     "quantize": 2, "quant_modules": 2, "": 2,  # "" is qdqtorch/__init__.py, which re-exports the core
     "models": 3, "data": 3, "eval": 3, "export": 3, "rules": 3,
@@ -20,7 +20,8 @@ RANKS = {
 # known upward imports, each to be removed by the work named beside it (then delete the entry)
 ALLOWED_UPWARD = {("qdqtorch.sensitivity.session", "qdqtorch.pipeline"): "issue 17: the sweep session builds on "
                   "shared PTQ stages below the pipeline"}
-CORE = {"tensor_quant", "calib", "descriptor", "nn", "quantize", "host_memory", "quant_modules", "_imports", ""}
+CORE = {"tensor_quant", "calib", "descriptor", "nn", "quantize", "host_memory", "quant_modules", "user_code",
+        ""}
 
 
 def _modules() -> Dict[str, Tuple[Path, bool]]:
@@ -33,10 +34,14 @@ def _modules() -> Dict[str, Tuple[Path, bool]]:
     return found
 
 
+def _import_nodes(path: Path) -> List[ast.AST]:
+    return [n for n in ast.walk(ast.parse(path.read_text(), str(path))) if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
 def _imports(name: str, path: Path, is_package: bool, modules: Dict[str, Tuple[Path, bool]]) -> Set[str]:
     """Every qdqtorch module `name` imports anywhere in its body (`scripts...` kept as is, to be refused)."""
     found: Set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _import_nodes(path):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -147,3 +152,22 @@ def test_the_core_knows_nothing_of_the_layers_above() -> None:
     assert "qdqtorch.quantize.replace" in core
     assert {m: sorted(x for x in t if _layer(x) not in CORE) for m, t in core.items() if
             any(_layer(x) not in CORE for x in t)} == {}
+
+
+def test_no_private_name_is_imported_from_another_package() -> None:
+    """`from ..nn.x import _Private` across packages couples them to internals: make the name public or move it."""
+    found = []
+    for name, (path, is_package) in _modules().items():
+        package = name.split(".") if is_package else name.split(".")[:-1]
+        for node in _import_nodes(path):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = (package[:len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+                    if node.level else (node.module or "").split("."))
+            if base[0] != "qdqtorch" or (len(base) > 1 and len(package) > 1 and base[1] == package[1]):
+                continue
+            private = [p for p in [*base[1:], *(a.name for a in node.names)] if p.startswith("_")
+                       and not p.startswith("__")]
+            if private:
+                found.append(f"{name}: from {'.'.join(base)} import {private}")
+    assert found == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable
 
-from .._imports import import_object
+from ..user_code import import_object
 
 
 @lru_cache(maxsize=None)

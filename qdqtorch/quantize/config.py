@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Union
 
 from torch import nn
 
-from .._imports import import_object
+from ..user_code import import_object
 from ..descriptor import QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from ..nn import QUANT_TWINS, WEIGHTED_TYPES
 

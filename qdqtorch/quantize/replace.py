@@ -11,7 +11,6 @@ from torch import nn
 
 from ..descriptor import QuantDescriptor
 from ..nn import TensorQuantizer
-from ..nn.quant_conv import _QuantConvTransposeNd
 from .config import QuantConfig, resolve_config
 
 
@@ -49,7 +48,7 @@ def _nearest(pattern: str, names: List[str], n: int = 3) -> List[str]:
 def _descriptors(name: str, config: QuantConfig, twin: type) -> Tuple[QuantDescriptor, QuantDescriptor, List[str]]:
     """Input and weight descriptors for one layer after applying matching overrides in order."""
     input_fields, weight_fields = config.input.to_dict(), config.weight.to_dict()
-    if issubclass(twin, _QuantConvTransposeNd) and config.weight.axis == 0:
+    if issubclass(twin, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) and config.weight.axis == 0:
         weight_fields["axis"] = 1
     applied = []
     for entry in config.overrides:

@@ -3,7 +3,7 @@ shortcuts float (or quantize them for Conv+Add fusion), keep head decoding float
 before calibration: `apply_placement(model, placement_from_name("tensorrt"), example_input)`."""
 from .apply import apply_tensorrt_rules
 from .placement import PLACEMENTS, TensorRTPlacement, apply_placement, placement_from_name
-from .report import RulesReport, TiedGroup
+from .rules_report import RulesReport, TiedGroup
 from .tied import TiedQuantizer
 from .trace import Graph, trace_graph
 

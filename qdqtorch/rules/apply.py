@@ -17,7 +17,7 @@ from ..quantize.control import named_quantizers, weight_quantizer_ids
 from ..quantize.replace import name_quantizers
 from . import ops
 from .analysis import Plan, analyze
-from .report import RulesReport, TiedGroup
+from .rules_report import RulesReport, TiedGroup
 from .hook_sites import Placer, add_hook
 from .tied import TiedQuantizer
 from .trace import Graph, trace_graph

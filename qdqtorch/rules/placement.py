@@ -9,7 +9,7 @@ from torch import nn
 
 from .analysis import RESIDUAL_MODES
 from .apply import apply_tensorrt_rules
-from .report import RulesReport
+from .rules_report import RulesReport
 
 
 @dataclass(frozen=True)

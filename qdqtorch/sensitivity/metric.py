@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
-from .._imports import import_object
+from ..user_code import import_object
 
 
 class Metric:

@@ -1,4 +1,4 @@
-"""qdqtorch._imports.import_object: the one 'module:name' loader behind QuantConfig.modules, preprocess hooks, the
+"""qdqtorch.user_code.import_object: the one 'module:name' loader behind QuantConfig.modules, preprocess hooks, the
 sweep's --model/--calib-data/--metric."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 from torch import nn
 
-from qdqtorch._imports import import_object
+from qdqtorch.user_code import import_object
 from qdqtorch.quantize import QuantConfig
 from qdqtorch.sensitivity.metric import import_callable
 
