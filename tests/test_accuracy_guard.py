@@ -1,8 +1,8 @@
 """Accuracy guard on the reference protocol: YOLOv5n with the TensorRT placement rules and mse calibration must stay
 within 0.005 mAP50-95 of float (128 train images calibrate, 128 val images score, 640 px).
 
-Measured on the 2-core CI machine (BENCHMARKS.md §5): float 0.3390, rules="tensorrt" + mse 0.3405; with the residual
-shortcuts quantized (the placement `rules="tensorrt"` had before issue 13, now "tensorrt-int8-residual") 0.3304, which
+Measured on the 2-core CI machine (BENCHMARKS.md §5): float 0.3390, placement "tensorrt" + mse 0.3405; with the residual
+shortcuts quantized (what "tensorrt" placed before issue 13, now "tensorrt-int8-residual") 0.3304, which
 this guard rejects (it failed on that code: "lost 0.0086"). About 35 s on that machine.
 """
 import pytest
