@@ -151,7 +151,8 @@ def evaluate(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: fl
 
     `layout` is "yolov5" (B, N, 5+nc), "ultralytics" (B, 4+nc, N) or "auto"; the prediction tensor is the output's
     first rank-3 tensor (`models.prediction_tensor`, as export picks it) unless `select` picks it. The model runs on
-    its own device in eval mode (restored afterwards), under no_grad. `scorer` is "pycocotools" (reference) or "fast" (same numbers).
+    its own device in eval mode (restored afterwards), under no_grad. `scorer` is "pycocotools" (reference) or "fast"
+    (same numbers).
     """
     t_start = time.perf_counter()
     scorer_obj = eval_set.scorer(scorer)          # fail early on a missing pycocotools, before inference

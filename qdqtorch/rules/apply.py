@@ -84,7 +84,6 @@ def _shared_quantizer(objs: List[TensorQuantizer], desc: QuantDescriptor, device
 
 
 def _reasons(plan: Plan, cls: int, insert: List[int]) -> Tuple[List[str], List[str]]:
-    g = plan.graph
     reasons, op_names = [], []
     for node in plan.ops.get(cls, []):
         reasons.append(ops.category(node.target))
