@@ -10,9 +10,9 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Union
 
 from torch import nn
 
-from ..user_code import import_object
 from ..descriptor import QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from ..nn import QUANT_TWINS, WEIGHTED_TYPES
+from ..user_code import import_object
 
 IgnoreSpec = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
 _DESC_FIELDS = {f.name for f in dataclasses.fields(QuantDescriptor)}
