@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from qdqtorch.calib import AMAX_METHODS, WEIGHT_METHODS  # noqa: E402
 from qdqtorch.pipeline import PTQSettings, run_ptq, table  # noqa: E402
 from qdqtorch.pipeline.cli import run_cli  # noqa: E402
-from qdqtorch.quantize import RULES  # noqa: E402
+from qdqtorch.rules import PLACEMENTS  # noqa: E402
 
 S = argparse.SUPPRESS  # options left out keep the --config file's value (or the default)
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
@@ -64,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="weight amax method (default max)")
     p.add_argument("--ignore", nargs="+", default=S, metavar="REGEX",
                    help="layers kept float (re.match on dotted module names)")
-    p.add_argument("--rules", choices=RULES, default=S,
+    p.add_argument("--rules", choices=PLACEMENTS, default=S,
                      help="TensorRT Q/DQ placement rules: tensorrt (residual shortcuts float, the accurate default) or "
                           "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; -0.010 mAP50-95 on YOLOv5n)")
     p.add_argument("--fold-bn", action="store_true", default=S, help="fold BatchNorm into convs before quantizing")

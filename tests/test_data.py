@@ -242,7 +242,7 @@ def test_custom_hook_gets_batches_of_paths(tmp_path):
     batches = list(calibration_loader(tmp_path / "imgs", pp, batch_size=2))
     assert [b.shape[0] for b in batches] == [2, 2, 1] and batches[0][0, 0, 0, 0] == 2
     bad = Preprocess.from_dict({"hook": f"{hook}:nothing"})
-    with pytest.raises(AttributeError, match="nothing"):
+    with pytest.raises(ValueError, match="nothing"):
         calibration_loader(tmp_path / "imgs", bad)
 
 

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qdqtorch.export import QdqReport, check_qdq
-from qdqtorch.export.check import main as check_main
+from qdqtorch.export.__main__ import main as check_main
 
 RNG = np.random.default_rng(0)
 F32 = np.float32

@@ -187,9 +187,3 @@ def test_tensor_quantizer_modes_and_repr():
     x = torch.randn(5)
     assert torch.equal(q(x), x)
 
-
-def test_rules_dispatch_validates_arguments():
-    with pytest.raises(ValueError, match="example_input"):
-        quantize_model(make_model(), rules="tensorrt")
-    with pytest.raises(ValueError, match="unknown rules"):
-        quantize_model(make_model(), rules="openvino", example_input=torch.randn(1, 3, 8, 8))

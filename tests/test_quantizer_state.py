@@ -195,6 +195,6 @@ def test_no_private_quantizer_fields_outside_nn():
 
 
 def test_missing_optional_dependency_names_the_extra():
-    from qdqtorch._optional import require
+    from qdqtorch.optional import require
     with pytest.raises(ImportError, match=r'pip install -e "\.\[plots\]"'):
         require("qdqtorch_no_such_module", "nosuchpkg", "plots", "a chart")

@@ -15,7 +15,8 @@ from qdqtorch.calib import HistogramCalibrator
 from qdqtorch.nn import QuantAdd
 from qdqtorch.quantize import (calibrate, collect_stats, compute_amax, load_calibration, named_quantizers,
                                quantize_model, save_calibration)
-from qdqtorch.rules import RulesReport, TiedQuantizer, apply_tensorrt_rules
+from qdqtorch.rules import (PLACEMENTS, RulesReport, TensorRTPlacement, TiedQuantizer, apply_placement,
+                            apply_tensorrt_rules, placement_from_name)
 
 X = torch.zeros(1, 3, 16, 16)
 
@@ -538,3 +539,35 @@ def test_yolov5n_fp16_regions_run_in_onnxruntime_close_to_fp32(yolov5n_exports, 
     assert conf_diff.mean() < 0.01 and np.percentile(conf_diff, 99) < 0.1
     sure = want[..., 4] > 0.1
     assert sure.any() and np.abs(got[sure][:, :4] - want[sure][:, :4]).mean() < 1.0  # pixels at 64 px
+
+
+def test_placement_names_map_to_configs_and_bad_input_is_refused() -> None:
+    assert PLACEMENTS == ("tensorrt", "tensorrt-int8-residual", "none")
+    assert placement_from_name("tensorrt") == TensorRTPlacement(residual="float") == TensorRTPlacement()
+    assert placement_from_name("tensorrt-int8-residual") == TensorRTPlacement(residual="int8")
+    assert placement_from_name("none") is None and placement_from_name(None) is None
+    with pytest.raises(ValueError, match="'openvino'.*tensorrt-int8-residual"):
+        placement_from_name("openvino")
+    with pytest.raises(ValueError, match="residual"):
+        TensorRTPlacement(residual="fp16")
+    with pytest.raises(ValueError, match="example_input"):
+        apply_placement(_toy(), TensorRTPlacement(), None)
+    with pytest.raises(TypeError):
+        quantize_model(Toy(), None, rules="tensorrt")  # placement is its own step now
+
+
+@pytest.mark.parametrize("name", ["tensorrt", "tensorrt-int8-residual", "none"])
+def test_apply_placement_is_apply_tensorrt_rules_with_the_named_residual_mode(name) -> None:
+    """The named placement ties exactly what apply_tensorrt_rules(residual=...) ties; "none" leaves the model as is."""
+    model = _toy(modules=["Conv2d", "MaxPool2d"])
+    before = {n: id(q) for n, q in named_quantizers(model)}
+    report = apply_placement(model, placement_from_name(name), X)
+    if name == "none":
+        assert report is None and {n: id(q) for n, q in named_quantizers(model)} == before
+        return
+    reference = _toy(modules=["Conv2d", "MaxPool2d"])
+    residual = "int8" if name.endswith("int8-residual") else "float"
+    expected = apply_tensorrt_rules(reference, X, residual=residual)
+    assert report.to_dict() == expected.to_dict() and report.tied_groups
+    quantized_shortcut = [r["quantized"] for r in report.residual_adds]
+    assert all(("none" in q) == (residual == "float") for q in quantized_shortcut) and quantized_shortcut

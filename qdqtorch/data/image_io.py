@@ -7,7 +7,7 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
-from .._optional import require
+from ..optional import require
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm", ".jp2")
 

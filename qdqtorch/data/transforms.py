@@ -7,7 +7,7 @@ from typing import Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .._optional import require
+from ..optional import require
 from .preprocess import Preprocess
 
 _CV2_INTERP = {"linear": "INTER_LINEAR", "area": "INTER_AREA", "nearest": "INTER_NEAREST", "cubic": "INTER_CUBIC"}

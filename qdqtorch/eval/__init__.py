@@ -6,12 +6,13 @@ from .eval_set import EvalSet
 from .evaluate import EvalResult, Predictions, detect, evaluate, predict, suppress_predictions
 from .fast_scorer import FastCocoScorer
 from .ground_truth import label_path_for, load_coco_json, read_yolo_labels, yolo_to_coco
-from .scoring import Detections, PycocotoolsScorer, ScoreResult, make_scorer
+from .scorers import SCORERS, make_scorer
+from .scoring import Detections, PycocotoolsScorer, ScoreResult
 
 __all__ = [
     "COCO80_NAMES", "COCO80_TO_91", "Candidates", "Detections", "EvalResult", "EvalSet", "FastCocoScorer", "LAYOUTS",
-    "PycocotoolsScorer", "ScoreResult", "coco80_to_91", "coco91_to_80", "decode_predictions", "detect", "evaluate",
-    "infer_layout", "is_coco80", "label_path_for", "load_coco_json", "make_scorer", "nms_candidates",
+    "PycocotoolsScorer", "SCORERS", "ScoreResult", "coco80_to_91", "coco91_to_80", "decode_predictions", "detect",
+    "evaluate", "infer_layout", "is_coco80", "label_path_for", "load_coco_json", "make_scorer", "nms_candidates",
     "non_max_suppression", "predict", "Predictions", "read_yolo_labels", "suppress", "suppress_predictions",
     "xywh_to_xyxy", "yolo_to_coco",
 ]

@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 import torch
 import torchvision
 
-LAYOUTS = ("yolov5", "ultralytics")
+from ..models.outputs import LAYOUTS
 
 
 def infer_layout(pred: torch.Tensor) -> str:

@@ -104,7 +104,7 @@ class EvalSet:
     def scorer(self, name: str):
         """The scorer `name` prepared for this ground truth (built once, then reused)."""
         if name not in self._scorers:
-            from .scoring import make_scorer
+            from .scorers import make_scorer
             self._scorers[name] = make_scorer(name, self.gt, self.image_ids)
         return self._scorers[name]
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..models.outputs import prediction_tensor
 from .decode import Candidates, nms_candidates, suppress
 from .eval_set import EvalSet
 from .scoring import Detections
@@ -39,16 +40,6 @@ class EvalResult:
         """JSON-safe dict."""
         return {k: getattr(self, k) for k in ("map50_95", "map50", "num_images", "num_detections", "timings",
                                               "per_class", "per_class_ap50", "settings")}
-
-
-def _first_tensor(output: Any) -> torch.Tensor:
-    """Default output selection: the tensor itself, or the first element of (nested) tuples/lists."""
-    while isinstance(output, (tuple, list)) and output:
-        output = output[0]
-    if not isinstance(output, torch.Tensor):
-        raise TypeError(f"cannot find the prediction tensor in the model output ({type(output).__name__}); "
-                        f"pass select=... to pick it")
-    return output
 
 
 def _model_device_dtype(model: nn.Module) -> Tuple[torch.device, Optional[torch.dtype]]:
@@ -88,7 +79,7 @@ def predict(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: flo
                                                      and device.index != model_device.index)
     if mismatch and any(True for _ in model.parameters()):
         raise ValueError(f"the model is on {model_device} but device={device}; move the model first (model.to())")
-    select = select or _first_tensor
+    select = select or prediction_tensor
     out: List[Tuple[int, Candidates]] = []
     t_inf, t_cand = 0.0, 0.0
     was_training = model.training
@@ -158,9 +149,10 @@ def evaluate(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: fl
              agnostic: bool = False) -> EvalResult:
     """COCO bbox mAP of `model` on `eval_set`.
 
-    `layout` is "yolov5" (B, N, 5+nc), "ultralytics" (B, 4+nc, N) or "auto"; tuple outputs are reduced to their
-    first element unless `select` picks the prediction tensor. The model runs on its own device in eval mode
-    (restored afterwards), under no_grad. `scorer` is "pycocotools" (reference) or "fast" (same numbers).
+    `layout` is "yolov5" (B, N, 5+nc), "ultralytics" (B, 4+nc, N) or "auto"; the prediction tensor is the output's
+    first rank-3 tensor (`models.prediction_tensor`, as export picks it) unless `select` picks it. The model runs on
+    its own device in eval mode (restored afterwards), under no_grad. `scorer` is "pycocotools" (reference) or "fast"
+    (same numbers).
     """
     t_start = time.perf_counter()
     scorer_obj = eval_set.scorer(scorer)          # fail early on a missing pycocotools, before inference

@@ -123,12 +123,3 @@ class PycocotoolsScorer:
             result.per_class_ap50_95, result.per_class_ap50 = per_class_from_precision(precision, self.cat_ids)
         return result
 
-
-def make_scorer(name: str, gt: dict, image_ids: Optional[Sequence[int]] = None):
-    """The scorer called `name` ("pycocotools" or "fast") prepared for `gt` and `image_ids`."""
-    if name == "pycocotools":
-        return PycocotoolsScorer(gt, image_ids)
-    if name == "fast":
-        from .fast_scorer import FastCocoScorer
-        return FastCocoScorer(gt, image_ids)
-    raise ValueError(f"unknown scorer {name!r}; expected 'pycocotools' or 'fast'")

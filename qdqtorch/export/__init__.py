@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checker import check_qdq
-from .report import Finding, QdqReport
+from .checks.findings import Finding, QdqReport
 
 __all__ = ["check_qdq", "export_onnx", "Finding", "QdqReport"]
 

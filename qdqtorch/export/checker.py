@@ -6,19 +6,19 @@ from typing import Sequence
 
 import onnx
 
-from ._graph import GraphIndex, load_model
-from ._rules_coverage import check_coverage, stats_qdq
-from ._rules_params import check_params
-from ._rules_precision import check_precision
-from ._rules_scales import check_scales
-from .report import QdqReport
+from .checks.coverage import check_coverage, stats_qdq
+from .checks.findings import QdqReport
+from .checks.graph import GraphIndex, load_onnx_graph
+from .checks.params import check_params
+from .checks.precision import check_precision
+from .checks.scales import check_scales
 
 
 def check_qdq(path_or_model: str | Path | onnx.ModelProto, *, fp16: bool = False,
               allow_float: Sequence[str] = ()) -> QdqReport:
     """Check an ONNX model's Q/DQ placement and parameters; `allow_float` lists node-name globs that may stay
     unquantized (reported as warnings instead of errors)."""
-    model, source = load_model(path_or_model)
+    model, source = load_onnx_graph(path_or_model)
     g = GraphIndex(model)
     report = QdqReport(source=source)
     report.stats["nodes"] = len(g.nodes)

@@ -4,7 +4,8 @@ from .fold import fold_batchnorm
 from .load import load_model
 from .loaded import LoadedModel
 from .safetensors_loader import save_detector
-from .outputs import LAYOUTS, ULTRALYTICS, YOLOV5, PredictionOnly, select_predictions
+from .outputs import LAYOUTS, ULTRALYTICS, YOLOV5, PredictionOnly, prediction_tensor, select_predictions
 
 __all__ = ["LAYOUTS", "ULTRALYTICS", "YOLOV5", "LoadedModel", "ModelLoadError", "ModelNotFoundError",
-           "PredictionOnly", "fold_batchnorm", "load_model", "save_detector", "select_predictions"]
+           "PredictionOnly", "fold_batchnorm", "load_model", "prediction_tensor", "save_detector",
+           "select_predictions"]

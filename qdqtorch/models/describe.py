@@ -53,6 +53,12 @@ def max_stride(model: nn.Module, head: nn.Module) -> int:
     return int(torch.as_tensor(stride).max().item())
 
 
+# class names of modules every detector keeps float: DFL box-distribution integrals (a fixed 0..reg_max-1 weighted
+# sum that int8 would blur); quantize_model's default ignore list and the TensorRT rules both read this
+FLOAT_MODULE_CLASSES = ("DFL",)
+
+
 def float_by_default(model: nn.Module) -> list[str]:
-    """Regexes of layers to keep float: DFL box-distribution integrals (a fixed 0..reg_max-1 weighted sum)."""
-    return [re.escape(name) + r"(\..*)?$" for name, m in model.named_modules() if type(m).__name__ == "DFL"]
+    """Regexes of layers to keep float: modules whose class is in FLOAT_MODULE_CLASSES (DFL)."""
+    return [re.escape(name) + r"(\..*)?$" for name, m in model.named_modules()
+            if type(m).__name__ in FLOAT_MODULE_CLASSES]

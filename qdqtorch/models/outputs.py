@@ -27,24 +27,32 @@ def _first_3d_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-def _describe(output: Any) -> str:
+def describe_structure(output: Any) -> str:
+    """Short text of a (nested) model output's structure for error messages, e.g. "tuple(Tensor(1, 84, 8400), ...)"."""
     if isinstance(output, torch.Tensor):
         return f"Tensor{tuple(output.shape)}"
     if isinstance(output, dict):
-        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in output.items()) + "}"
+        return "{" + ", ".join(f"{k!r}: {describe_structure(v)}" for k, v in output.items()) + "}"
     if isinstance(output, (list, tuple)):
-        return type(output).__name__ + "(" + ", ".join(_describe(v) for v in output) + ")"
+        return type(output).__name__ + "(" + ", ".join(describe_structure(v) for v in output) + ")"
     return type(output).__name__
 
 
-def select_predictions(output: Any, layout: str) -> torch.Tensor:
-    """Extract the decoded prediction tensor from whatever a detector returns (tensor, tuple, list or dict)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown prediction layout {layout!r}: expected one of {LAYOUTS}")
+def prediction_tensor(output: Any) -> torch.Tensor:
+    """The decoded prediction tensor in whatever a detector returns (tensor, tuple, list or dict): the first rank-3
+    tensor, depth first; the one picker that export (`PredictionOnly`) and evaluation use."""
     pred = _first_3d_tensor(output)
     if pred is None:
-        raise ValueError(f"the model output holds no (batch, ., .) prediction tensor for layout {layout!r}: "
-                         f"got {_describe(output)}. Is the model in eval mode?")
+        raise ValueError(f"the model output holds no (batch, ., .) prediction tensor: got {describe_structure(output)}."
+                         " Is the model in eval mode?")
+    return pred
+
+
+def select_predictions(output: Any, layout: str) -> torch.Tensor:
+    """`prediction_tensor` of a detector's output, checked against `layout`'s shape."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown prediction layout {layout!r}: expected one of {LAYOUTS}")
+    pred = prediction_tensor(output)
     if torch.jit.is_tracing():  # shape checks would only emit TracerWarnings during ONNX export
         return pred
     min_channels = 6 if layout == YOLOV5 else 5

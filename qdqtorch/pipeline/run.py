@@ -12,6 +12,7 @@ import torch
 from .. import __version__
 from ..host_memory import reuse_freed_memory
 from ..quantize import QuantConfig, calibrate, quantize_model, save_calibration
+from ..rules import apply_placement, placement_from_name
 from .report import write_reports
 from .settings import PTQSettings
 
@@ -103,8 +104,10 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
 
     config = _quant_config(settings, loaded.default_ignore)
     sample = next(eval_set.batches(1, settings.device))[1]
-    report = quantize_model(model, config, rules=settings.rules, example_input=sample)
-    summary["quantization"] = {"config": config.to_dict(), **report.to_dict()}
+    report = quantize_model(model, config)
+    rules_report = apply_placement(model, placement_from_name(settings.rules), sample)
+    summary["quantization"] = {"config": config.to_dict(), **report.to_dict(),
+                               **({"rules": rules_report.to_dict()} if rules_report is not None else {})}
 
     calib_source = settings.calib_data or settings.data
     loader = calibration_loader(calib_source, preprocess, batch_size=settings.batch, num_images=settings.num_calib,

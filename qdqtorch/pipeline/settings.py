@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from ..quantize import AMAX_METHODS, RULES, load_config_file
+from ..quantize import AMAX_METHODS, load_config_file
+from ..rules import PLACEMENTS
 from ..calib import WEIGHT_METHODS
 
 
@@ -57,8 +58,8 @@ class PTQSettings:
             raise ValueError(f"calib_method must be one of {AMAX_METHODS}, got {self.calib_method!r}")
         if self.weight_method not in WEIGHT_METHODS:
             raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
-        if self.rules not in (None, *RULES):
-            raise ValueError(f"rules must be one of {tuple(RULES)} or unset, got {self.rules!r}")
+        if self.rules not in (None, *PLACEMENTS):
+            raise ValueError(f"rules must be one of {PLACEMENTS} or unset, got {self.rules!r}")
         for name in ("num_calib", "batch", "imgsz"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")

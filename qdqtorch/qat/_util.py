@@ -28,13 +28,3 @@ def flatten_tensors(output: Any) -> List[torch.Tensor]:
         return [t for item in output for t in flatten_tensors(item)]
     return []
 
-
-def describe_structure(output: Any) -> str:
-    """Short text of an output's structure, for mismatch messages."""
-    if isinstance(output, torch.Tensor):
-        return f"Tensor{tuple(output.shape)}"
-    if isinstance(output, dict):
-        return "{" + ", ".join(f"{k!r}: {describe_structure(v)}" for k, v in output.items()) + "}"
-    if isinstance(output, (list, tuple)):
-        return type(output).__name__ + "(" + ", ".join(describe_structure(v) for v in output) + ")"
-    return type(output).__name__

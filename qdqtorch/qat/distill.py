@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..models.outputs import describe_structure
 from ..quantize import named_quantizers, run_batch
-from ._util import describe_structure, flatten_tensors, unwrap
+from ._util import flatten_tensors, unwrap
 from .prepare import _keep_eval
 
 Blocks = Union[str, Sequence[str], None]

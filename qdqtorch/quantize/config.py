@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from torch import nn
 
 from ..descriptor import QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from ..nn import QUANT_TWINS, WEIGHTED_TYPES
+from ..user_code import import_object
 
 IgnoreSpec = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
 _DESC_FIELDS = {f.name for f in dataclasses.fields(QuantDescriptor)}
@@ -23,11 +23,7 @@ def _resolve_class(spec: Union[str, type], what: str) -> type:
     if isinstance(spec, type):
         return spec
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"{what}: cannot import {spec!r} ({exc})") from None
+        return import_object(spec, what)
     from .. import nn as qnn
     for namespace in (nn, qnn):
         if hasattr(namespace, spec):

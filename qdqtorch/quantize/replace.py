@@ -11,11 +11,6 @@ from torch import nn
 
 from ..descriptor import QuantDescriptor
 from ..nn import TensorQuantizer
-from ..nn.quant_conv import _QuantConvTransposeNd
-
-# TensorRT placement rule sets quantize_model(rules=...) accepts, each with its residual-shortcut mode for
-# apply_tensorrt_rules: float (accurate), or int8 so that TensorRT fuses each residual Add into its Conv
-RULES = {"tensorrt": "float", "tensorrt-int8-residual": "int8"}
 from .config import QuantConfig, resolve_config
 
 
@@ -28,16 +23,12 @@ class QuantReport:
     overridden: Dict[str, List[str]] = field(default_factory=dict)  # name -> override patterns applied
     unmatched_ignore: Dict[str, List[str]] = field(default_factory=dict)  # pattern -> nearest module names
     unmatched_overrides: Dict[str, List[str]] = field(default_factory=dict)
-    rules: Optional[Any] = None  # qdqtorch.rules.RulesReport when placement rules were applied
 
     def to_dict(self) -> dict:
         """JSON-able form for summaries."""
-        data = {"replaced": [list(r) for r in self.replaced], "ignored": [list(r) for r in self.ignored],
+        return {"replaced": [list(r) for r in self.replaced], "ignored": [list(r) for r in self.ignored],
                 "overridden": self.overridden, "unmatched_ignore": self.unmatched_ignore,
                 "unmatched_overrides": self.unmatched_overrides}
-        if self.rules is not None:
-            data["rules"] = self.rules.to_dict()
-        return data
 
     def __str__(self) -> str:
         lines = [f"quantized {len(self.replaced)} layers, kept {len(self.ignored)} float"]
@@ -46,8 +37,6 @@ class QuantReport:
         for kind, unmatched in (("ignore", self.unmatched_ignore), ("override", self.unmatched_overrides)):
             for pattern, near in unmatched.items():
                 lines.append(f"  WARNING {kind} pattern {pattern!r} matched no layer; nearest: {', '.join(near)}")
-        if self.rules is not None:
-            lines.append(str(self.rules))
         return "\n".join(lines)
 
 
@@ -59,7 +48,7 @@ def _nearest(pattern: str, names: List[str], n: int = 3) -> List[str]:
 def _descriptors(name: str, config: QuantConfig, twin: type) -> Tuple[QuantDescriptor, QuantDescriptor, List[str]]:
     """Input and weight descriptors for one layer after applying matching overrides in order."""
     input_fields, weight_fields = config.input.to_dict(), config.weight.to_dict()
-    if issubclass(twin, _QuantConvTransposeNd) and config.weight.axis == 0:
+    if issubclass(twin, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) and config.weight.axis == 0:
         weight_fields["axis"] = 1
     applied = []
     for entry in config.overrides:
@@ -93,21 +82,13 @@ def name_quantizers(model: nn.Module) -> None:
             module.name = name
 
 
-def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any], str, None] = None, *,
-                   rules: Optional[str] = None, example_input: Any = None) -> QuantReport:
+def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any], str, None] = None) -> QuantReport:
     """Replace (in place) every layer of a configured type with its quantized twin, except ignored ones.
 
     Replaced layers share the float layer's parameters. Returns a `QuantReport`; patterns that matched nothing are
-    reported with the nearest module names and warned about. `rules` (one of `RULES`) then applies TensorRT's Q/DQ
-    placement rules (`qdqtorch.rules.apply_tensorrt_rules`), tracing the model once on `example_input`:
-    "tensorrt" keeps residual shortcuts float, "tensorrt-int8-residual" quantizes them so TensorRT fuses each
-    residual Add into its Conv (faster, less accurate).
+    reported with the nearest module names and warned about. A backend's Q/DQ placement rules (ties around Concat,
+    residual Adds, ...) are a separate step, applied to the returned model by the layer above.
     """
-    if rules is not None and rules not in RULES:
-        raise ValueError(f"quantize_model: unknown rules {rules!r}; use one of {tuple(RULES)} or None")
-    if rules is not None and example_input is None:
-        raise ValueError(f"quantize_model: rules={rules!r} traces the model and needs example_input= (any input "
-                         "batch the model accepts)")
     config = resolve_config(config)
     mapping = config.module_map()
     if type(model) in mapping:
@@ -155,8 +136,4 @@ def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any
             warnings.warn(f"quantize_model: {kind} pattern {pattern!r} matched no layer (re.match against dotted "
                           f"module paths); nearest names: {near}", stacklevel=2)
     name_quantizers(model)
-    if rules is not None:
-        from ..rules import apply_tensorrt_rules  # the optional placement layer builds on this core
-        report.rules = apply_tensorrt_rules(model, example_input, residual=RULES[rules])
-        name_quantizers(model)
     return report

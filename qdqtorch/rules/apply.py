@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from ..descriptor import QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
+from ..models.describe import FLOAT_MODULE_CLASSES
 from ..nn import TensorQuantizer
 from ..quantize.control import named_quantizers, weight_quantizer_ids
 from ..quantize.replace import name_quantizers
 from . import ops
 from .analysis import Plan, analyze
-from .report import RulesReport, TiedGroup
-from .placement import Placer, add_hook
+from .rules_report import RulesReport, TiedGroup
+from .hook_sites import Placer, add_hook
 from .tied import TiedQuantizer
 from .trace import Graph, trace_graph
 
@@ -83,7 +84,6 @@ def _shared_quantizer(objs: List[TensorQuantizer], desc: QuantDescriptor, device
 
 
 def _reasons(plan: Plan, cls: int, insert: List[int]) -> Tuple[List[str], List[str]]:
-    g = plan.graph
     reasons, op_names = [], []
     for node in plan.ops.get(cls, []):
         reasons.append(ops.category(node.target))
@@ -184,7 +184,7 @@ def _apply_group(plan: Plan, cls: int, placer: Placer, locations: Dict[int, List
 
 def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Sequence[torch.Tensor]], *,
                          residual: str = "float", quant_desc: Optional[QuantDescriptor] = None,
-                         float_modules: Sequence[str] = ("DFL",), verify: bool = True) -> RulesReport:
+                         float_modules: Sequence[str] = FLOAT_MODULE_CLASSES, verify: bool = True) -> RulesReport:
     """Make a quantized model's Q/DQ placement one that TensorRT fuses; call after `quantize_model`, before
     calibration. Changes the model in place and returns a `RulesReport` listing every tied group.
 

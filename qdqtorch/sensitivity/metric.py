@@ -5,11 +5,12 @@ the sweep then scores one unit on a worker thread while the next unit's inferenc
 """
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any, Callable, Optional, Union
 
 from torch import nn
+
+from ..user_code import import_object
 
 
 class Metric:
@@ -38,21 +39,9 @@ class Metric:
 
 def import_callable(spec: str, what: str = "metric") -> Callable:
     """'package.module:function' -> the function, with an error saying what is wrong."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{what} {spec!r}: expected 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); is it on PYTHONPATH?") \
-            from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    obj = import_object(spec, what)
     if not callable(obj):
-        raise ValueError(f"{what} {spec!r}: {attr!r} is not callable")
+        raise ValueError(f"{what} {spec!r}: {spec.rpartition(':')[2]!r} is not callable")
     return obj
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..pipeline import PTQSettings
 from ..quantize import QuantConfig, calibrate, load_calibration, quantize_model, save_calibration
+from ..rules import apply_placement, placement_from_name
 from . import distributed as D
 from .coco_metric import COCO_KEYS, CocoMetric
 from .fingerprint import json_fingerprint
@@ -83,7 +84,8 @@ def quant_config_for(settings: PTQSettings, default_ignore: List[str], extra: Li
 
 
 def _quantize(model: nn.Module, config: QuantConfig, settings: PTQSettings, sample: Optional[torch.Tensor]) -> None:
-    quantize_model(model, config, rules=settings.rules, example_input=sample)
+    quantize_model(model, config)
+    apply_placement(model, placement_from_name(settings.rules), sample)
 
 
 def _calib_batches(settings: PTQSettings, preprocess: Any):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ._graph import GraphIndex
-from .report import WARNING, QdqReport
+from .graph import GraphIndex
+from .findings import WARNING, QdqReport
 
 # Op type -> which inputs carry data (None = all inputs); the rest are shapes/indices/scales.
 SCALE_PRESERVING: dict[str, tuple[int, ...] | None] = {

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .._optional import require
+from ..optional import require
 from ..quantize import atomic_write_text
 
 

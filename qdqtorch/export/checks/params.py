@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ._graph import GraphIndex, get_attr
-from .report import ERROR, WARNING, QdqReport
+from .graph import GraphIndex, get_attr
+from .findings import ERROR, WARNING, QdqReport
 
 _INT8 = onnx.TensorProto.INT8
 _AXIS_PRESERVING = frozenset({"Identity", "Cast"})

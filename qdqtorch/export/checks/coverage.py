@@ -5,8 +5,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Sequence
 
-from ._graph import WEIGHTED_OPS, GraphIndex
-from .report import ERROR, WARNING, QdqReport
+from .graph import WEIGHTED_OPS, GraphIndex
+from .findings import ERROR, WARNING, QdqReport
 
 # Pointwise ops between a Conv and a residual Add that TensorRT can fuse into the Conv (activation, BN, SiLU's Mul).
 _POINTWISE = frozenset({

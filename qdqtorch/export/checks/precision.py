@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import onnx
 
-from ._graph import GraphIndex
-from .report import ERROR, WARNING, QdqReport
+from .graph import GraphIndex
+from .findings import ERROR, WARNING, QdqReport
 
 _FLOAT = onnx.TensorProto.FLOAT
 # (op type, input index) slots that ONNX types as float32 whatever the model precision.

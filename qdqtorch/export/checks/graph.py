@@ -17,7 +17,7 @@ WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-def load_model(path_or_model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+def load_onnx_graph(path_or_model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Load an ONNX model (or take one as given) and return it with a display name; clear errors for bad files."""
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model, path_or_model.graph.name or "<in-memory model>"
