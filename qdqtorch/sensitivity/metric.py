@@ -5,11 +5,12 @@ the sweep then scores one unit on a worker thread while the next unit's inferenc
 """
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any, Callable, Optional, Union
 
 from torch import nn
+
+from ..models.spec import import_callable
 
 
 class Metric:
@@ -34,26 +35,6 @@ class Metric:
     def two_phase(self) -> bool:
         """True when inference and scoring can be split (and overlapped)."""
         return callable(getattr(self, "infer", None)) and callable(getattr(self, "score", None))
-
-
-def import_callable(spec: str, what: str = "metric") -> Callable:
-    """'package.module:function' -> the function, with an error saying what is wrong."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{what} {spec!r}: expected 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); is it on PYTHONPATH?") \
-            from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"{what} {spec!r}: {attr!r} is not callable")
-    return obj
 
 
 def as_metric(metric: Union[Metric, Callable[[nn.Module], float], str], *, name: Optional[str] = None,
