@@ -10,7 +10,7 @@ exported Q/DQ ONNX in ONNX Runtime.
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import sys
 import tempfile
@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 import qdqtorch  # noqa: E402
 from _common import add_protocol_args  # noqa: E402
-from qdqtorch.data import Preprocess, calibration_loader  # noqa: E402
-from qdqtorch.eval import EvalSet, evaluate  # noqa: E402
+from qdqtorch.eval import evaluate  # noqa: E402
 from qdqtorch.export import export_onnx  # noqa: E402
 from qdqtorch.export.runtime import OnnxRuntimeModule  # noqa: E402
-from qdqtorch.models import PredictionOnly, load_model  # noqa: E402
+from qdqtorch.models import PredictionOnly  # noqa: E402
+from qdqtorch.ptq import PTQSettings, calibration_data, eval_kwargs, prepare  # noqa: E402
 from qdqtorch.quantize import use_histogram_calibrators  # noqa: E402
 
 
@@ -42,35 +42,33 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args()
 
-    pp = Preprocess(imgsz=args.imgsz)
-    eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval)
-    loader = calibration_loader(args.data, pp, batch_size=args.batch, num_images=args.num_calib, split="train")
+    settings = PTQSettings(model=args.model, repo=args.repo, data=args.data, imgsz=args.imgsz, batch=args.batch,
+                           num_calib=args.num_calib, num_eval=args.num_eval, scorer="fast", export=False)
     rows = []
     for fold in args.fold:
-        loaded = load_model(args.model, repo=args.repo, fuse_bn=fold == "yes")
-        layout = loaded.layout
+        # the PTQ run's prepare stage: load (BN folded or not), cache the val images, quantize
+        prep = prepare(dataclasses.replace(settings, fold_bn=fold == "yes"), evaluate_float=fold == "no",
+                       log=lambda line: None)
+        model, eval_set, layout, kw = prep.model, prep.eval_set, prep.layout, eval_kwargs(prep)
         if fold == "no":
-            r = evaluate(loaded.model, eval_set, layout=layout, scorer="fast")
-            rows.append({"row": "float", "fold_bn": False, "map50_95": r.map50_95, "map50": r.map50})
+            r = prep.summary["float"]
+            rows.append({"row": "float", "fold_bn": False, "map50_95": r["map50_95"], "map50": r["map50"]})
             print(rows[-1], flush=True)
-        model = copy.deepcopy(loaded.model)
-        qdqtorch.quantize_model(model)
         use_histogram_calibrators(model)
         t0 = time.perf_counter()
-        qdqtorch.collect_stats(model, loader)
+        qdqtorch.collect_stats(model, calibration_data(prep.settings, prep.preprocess))
         collect_s = time.perf_counter() - t0
         for method in args.methods:
             t0 = time.perf_counter()
             qdqtorch.compute_amax(model, method, progress=False)
             amax_s = time.perf_counter() - t0
-            r = evaluate(model, eval_set, layout=layout, scorer="fast")
+            r = evaluate(model, eval_set, **kw)
             row = {"row": method, "fold_bn": fold == "yes", "map50_95": r.map50_95, "map50": r.map50,
                    "collect_s": collect_s, "compute_amax_s": amax_s}
             if not args.no_ort:
                 with tempfile.TemporaryDirectory() as tmp:
-                    path = export_onnx(PredictionOnly(model, layout), next(eval_set.batches(1))[1],
-                                       Path(tmp) / "m.onnx")
-                    o = evaluate(OnnxRuntimeModule(path), eval_set, layout=layout, scorer="fast")
+                    path = export_onnx(PredictionOnly(model, layout), prep.sample, Path(tmp) / "m.onnx")
+                    o = evaluate(OnnxRuntimeModule(path), eval_set, **kw)
                 row.update(ort_map50_95=o.map50_95, ort_map50=o.map50)
             rows.append(row)
             print(row, flush=True)

@@ -1,11 +1,11 @@
 """Accuracy cost of the TensorRT placement rules, and of FP16 float regions, on the shared protocol.
 
-For the untied model and the model with `apply_tensorrt_rules` (residual shortcuts float, the default, and int8 as
-`rules="tensorrt-int8-residual"` places them): activation statistics are collected once per model (histogram
-calibrators, --num-calib train images), then every amax method (max, entropy, mse, percentile) is computed from
-them and the fake-quant model is scored on the val split (COCO mAP, pycocotools). With --fp16, the rules model
-(--fp16-method amax) is exported to ONNX and scored in ONNX Runtime with float32 and with float16 float regions
-(opset 13 casts around Q/DQ, and opset 19 float16 Q/DQ). Writes results.json into --out.
+For the untied model and the model with the TensorRT placement (residual shortcuts float, `rules="tensorrt"`, and int8,
+`rules="tensorrt-int8-residual"`), each built by the PTQ run's `prepare` stage: activation statistics are collected
+once per model (histogram calibrators, --num-calib train images), then every amax method (max, entropy, mse,
+percentile) is computed from them and the fake-quant model is scored on the val split (COCO mAP, pycocotools).
+With --fp16, the rules model (--fp16-method amax) is exported to ONNX and scored in ONNX Runtime with float32 and
+with float16 float regions (opset 13 casts around Q/DQ, and opset 19 float16 Q/DQ). Writes results.json into --out.
 
     python benchmarks/bench_rules.py --model ../shared/models/yolov5n.pt --repo tests/fixtures/yolov5_repo \
         --data ../shared/data/coco128/coco128.yaml --imgsz 640 --num-calib 128 --fp16 --out runs/bench_rules
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -27,12 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import machine  # noqa: E402
-from qdqtorch.data import Preprocess, calibration_loader  # noqa: E402
-from qdqtorch.eval import EvalSet, evaluate  # noqa: E402
-from qdqtorch.models import PredictionOnly, load_model  # noqa: E402
-from qdqtorch.quantize import (AMAX_METHODS, collect_stats, compute_amax, quantize_model,  # noqa: E402
-                               use_histogram_calibrators)
-from qdqtorch.rules import apply_tensorrt_rules  # noqa: E402
+from qdqtorch.eval import evaluate  # noqa: E402
+from qdqtorch.models import PredictionOnly  # noqa: E402
+from qdqtorch.ptq import PTQSettings, calibration_data, eval_kwargs, prepare  # noqa: E402
+from qdqtorch.quantize import AMAX_METHODS, collect_stats, compute_amax, use_histogram_calibrators  # noqa: E402
 
 
 class _OrtModule(nn.Module):
@@ -75,27 +74,27 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    loaded = load_model(args.model, repo=args.repo)
-    pp = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
-    eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval)
-    kw = dict(layout=loaded.layout, batch_size=args.batch, progress=False)
-    results = {"settings": vars(args), "torch": torch.__version__, "images": {"eval": len(eval_set)},
-               "machine": machine()}
-    t0 = time.perf_counter()
-    results["float"] = evaluate(loaded.model, eval_set, **kw).to_dict()
-    print(f"float: {results['float']['map50_95']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
-
+    settings = PTQSettings(model=args.model, repo=args.repo, data=args.data, imgsz=args.imgsz,
+                           num_calib=args.num_calib, num_eval=args.num_eval, batch=args.batch,
+                           percentile=args.percentile, export=False)
+    results = {"settings": vars(args), "torch": torch.__version__, "machine": machine()}
     rules_models = {}
-    for key, residual in (("no_rules", None), ("rules", "float"), ("rules_int8_residual", "int8")):
-        model = copy.deepcopy(loaded.model)
-        quantize_model(model, {"ignore": loaded.default_ignore})
-        if residual is not None:
-            report = apply_tensorrt_rules(model, torch.zeros(1, 3, args.imgsz, args.imgsz), residual=residual)
+    for key, rules in (("no_rules", None), ("rules", "tensorrt"), ("rules_int8_residual", "tensorrt-int8-residual")):
+        # the PTQ run's prepare stage: load, cache the val images, quantize, place (traced on the first val image)
+        prep = prepare(dataclasses.replace(settings, rules=rules), evaluate_float=key == "no_rules", progress=False,
+                       log=lambda line: None)
+        if key == "no_rules":
+            results["images"] = {"eval": len(prep.eval_set)}
+            results["float"] = prep.summary["float"]
+            print(f"float: {results['float']['map50_95']:.4f} ({prep.timings['float_eval']:.0f}s)", flush=True)
+        report = prep.placement_report
+        if report is not None:
             results.setdefault("rules_report", {})[key] = {
                 "tied_groups": len(report.tied_groups), "groups": len(report.groups),
                 "residual_adds": len(report.residual_adds), "skipped": report.skipped}
+        model, eval_set, kw = prep.model, prep.eval_set, eval_kwargs(prep, progress=False)
         use_histogram_calibrators(model)
-        loader = calibration_loader(args.data, pp, batch_size=args.batch, num_images=args.num_calib, split="train")
+        loader = calibration_data(prep.settings, prep.preprocess)
         t0 = time.perf_counter()
         collect_stats(model, loader, progress=False)
         results.setdefault("collect_s", {})[key] = time.perf_counter() - t0
@@ -113,7 +112,7 @@ def main() -> None:
     if args.fp16:
         from qdqtorch.export import check_qdq, export_onnx
         from qdqtorch.rules.fp16_regions import float_regions_to_fp16
-        model = PredictionOnly(rules_models[args.fp16_method], loaded.layout)
+        model = PredictionOnly(rules_models[args.fp16_method], prep.layout)
         sample = torch.zeros(1, 3, args.imgsz, args.imgsz)
         for opset in (13, 19):
             fp32 = export_onnx(model, sample, out / f"rules_opset{opset}.onnx", opset=opset)

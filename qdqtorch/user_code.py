@@ -1,12 +1,12 @@
-"""import_object: the one loader of 'package.module:name' specs (and 'path/to/file.py:name') that configs, settings
-and command lines use to name user code: module classes, preprocess hooks, model factories, metrics."""
+"""import_object / import_callable: the one loader of 'package.module:name' specs (and 'path/to/file.py:name') that
+configs, settings and command lines use to name user code: module classes, preprocess hooks, factories, metrics."""
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 
 def _load_file(path_text: str, spec: str, what: str) -> Any:
@@ -45,3 +45,17 @@ def import_object(spec: str, what: str, *, files: bool = False) -> Any:
             raise ValueError(f"{what} {spec!r}: {target} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def import_callable(spec: str, what: str) -> Callable:
+    """'package.module:function' -> the function (a model factory, batch source or metric named on a command line)."""
+    obj = import_object(spec, what)
+    if not callable(obj):
+        raise ValueError(f"{what} {spec!r}: {spec.rpartition(':')[2]!r} is not callable")
+    return obj
+
+
+def is_callable_spec(spec: Optional[str]) -> bool:
+    """True for 'package.module:function' (not an existing path, a checkpoint or a yaml)."""
+    return bool(spec) and ":" in str(spec) and not Path(str(spec)).exists() \
+        and not str(spec).endswith((".pt", ".yaml", ".yml", ".safetensors"))

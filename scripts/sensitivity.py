@@ -128,60 +128,60 @@ def merge_main(argv) -> int:
     return 0
 
 
-def run_main(argv) -> int:
+def settings_from_args(args: dict):
+    """The sweep's SensitivitySettings from the parsed options: the PTQ options (and --config) fill its PTQSettings,
+    the others its SweepSettings and session fields. Call after the process group is up (the device may follow
+    LOCAL_RANK)."""
     import os
 
     import torch
-    from qdqtorch.pipeline import PTQSettings
+    from qdqtorch.ptq import PTQSettings
     from qdqtorch.quantize import load_config_file
-    from qdqtorch.sensitivity import SweepSettings, parse_shard, run_sensitivity
+    from qdqtorch.sensitivity import SweepSettings, parse_shard
     from qdqtorch.sensitivity import distributed as D
-    from qdqtorch.sensitivity.session import build_session
+    from qdqtorch.sensitivity.session import SensitivitySettings
+
+    args = dict(args)
+    config = args.pop("config", None)
+    ptq_fields = set(PTQSettings.__dataclass_fields__) - {"out"}  # --out is the sweep's folder
+    ptq_args = {k: args.pop(k) for k in list(args) if k in ptq_fields}
+    if D.rank_and_world()[1] > 1 and "device" not in ptq_args and torch.cuda.is_available():
+        ptq_args["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    ptq = PTQSettings.from_file(config, **ptq_args) if config else PTQSettings.from_dict(ptq_args)
+    if "scorer" not in ptq_args and (not config or "scorer" not in load_config_file(config)):
+        ptq.scorer = "fast"  # same numbers as pycocotools, much faster for hundreds of evaluations
+    if "model" not in ptq_args and not config:
+        raise ValueError("--model is required (or a --config file naming it)")
+    sweep = SweepSettings(
+        mode=args["mode"], unit=args["unit"], block_depth=args["block_depth"], reference=args["reference"],
+        topk=args["topk"], prefilter=args["prefilter"], budget=args["budget"],
+        budget_max_units=args["budget_max_units"], budget_candidates=args["budget_candidates"],
+        recommend=args["recommend"], shard=parse_shard(args["shard"]) if args["shard"] else None,
+        overlap=not args["no_overlap"], prefix_reuse=not args["no_prefix_reuse"], cache_mib=args["cache_mib"],
+        chart=not args["no_chart"])
+    return SensitivitySettings(ptq, sweep, out=args["out"], metric=args["metric"],
+                               higher_is_better=not args["lower_is_better"], proxy_images=args["proxy_images"],
+                               calibration=args["calibration"], calib_distributed=args["calib_distributed"],
+                               fresh=args["fresh"], progress=not args["quiet"])
+
+
+def run_main(argv) -> int:
+    from qdqtorch.sensitivity import distributed as D
+    from qdqtorch.sensitivity.session import run_session
 
     args = vars(run_parser().parse_args(argv))
-    sweep_keys = ("out", "metric", "lower_is_better", "mode", "unit", "block_depth", "reference", "topk",
-                  "recommend", "proxy_images", "prefilter", "budget", "budget_max_units", "budget_candidates",
-                  "shard", "fresh",
-                  "no_overlap", "no_prefix_reuse", "cache_mib", "no_chart", "quiet", "calibration", "calib_distributed")
-    sweep = {k: args.pop(k) for k in sweep_keys}
-    config = args.pop("config", None)
-    ptq_args = {k: v for k, v in args.items()}
     owned = D.init_from_env()
     try:
-        rank, world = D.rank_and_world()
-        if world > 1 and "device" not in ptq_args and torch.cuda.is_available():
-            ptq_args["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-        settings = PTQSettings.from_file(config, **ptq_args) if config else PTQSettings.from_dict(ptq_args)
-        if "scorer" not in ptq_args and (not config or "scorer" not in load_config_file(config)):
-            settings.scorer = "fast"  # same numbers as pycocotools, much faster for hundreds of evaluations
-        if "model" not in ptq_args and not config:
-            raise ValueError("--model is required (or a --config file naming it)")
-        progress = not sweep["quiet"]
-        out = Path(sweep["out"])
-        session = build_session(settings, out, metric=sweep["metric"], proxy_images=sweep["proxy_images"],
-                                calibration=sweep["calibration"], calib_distributed=sweep["calib_distributed"],
-                                higher_is_better=not sweep["lower_is_better"], progress=progress)
-        if rank == 0 and progress:
-            print(f"calibration: {session.calibration_note}", file=sys.stderr)
-        sweep_settings = SweepSettings(
-            mode=sweep["mode"], unit=sweep["unit"], block_depth=sweep["block_depth"], reference=sweep["reference"],
-            topk=sweep["topk"], prefilter=sweep["prefilter"], budget=sweep["budget"],
-            budget_max_units=sweep["budget_max_units"], budget_candidates=sweep["budget_candidates"],
-            recommend=sweep["recommend"],
-            shard=parse_shard(sweep["shard"]) if sweep["shard"] else None, overlap=not sweep["no_overlap"],
-            prefix_reuse=not sweep["no_prefix_reuse"], cache_mib=sweep["cache_mib"],
-            chart=not sweep["no_chart"])
-        result = run_sensitivity(session.model, session.metric, out, sweep_settings,
-                                 proxy_data=session.proxy_batches or None, base_config=session.base_config,
-                                 model_info=session.model_info, extra_settings=session.extra_settings,
-                                 verify_factory=session.verify_factory, fresh=sweep["fresh"], progress=progress)
+        settings = settings_from_args(args)
+        result = run_session(settings)
     finally:
         if owned:
             D.shutdown()
     if result is not None:
-        if sweep_settings.shard is not None and sweep_settings.shard[1] > 1:
-            print(f"shard {sweep['shard']} done ({len(result['entries'])} unit result(s) here); combine all shards "
-                  f"with: {Path(sys.argv[0]).name} merge {out} [other shard folders] --out MERGED")
+        shard = settings.sweep.shard
+        if shard is not None and shard[1] > 1:
+            print(f"shard {args['shard']} done ({len(result['entries'])} unit result(s) here); combine all shards "
+                  f"with: {Path(sys.argv[0]).name} merge {settings.out} [other shard folders] --out MERGED")
         else:
             print(_summary(result))
     return 0

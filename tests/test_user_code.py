@@ -10,7 +10,7 @@ from torch import nn
 
 from qdqtorch.user_code import import_object
 from qdqtorch.quantize import QuantConfig
-from qdqtorch.sensitivity.metric import import_callable
+from qdqtorch.user_code import import_callable
 
 
 def test_module_specs_with_dotted_names_and_files(tmp_path) -> None:

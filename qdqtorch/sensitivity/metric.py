@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
-from ..user_code import import_object
+from ..user_code import import_callable
 
 
 class Metric:
@@ -37,21 +37,13 @@ class Metric:
         return callable(getattr(self, "infer", None)) and callable(getattr(self, "score", None))
 
 
-def import_callable(spec: str, what: str = "metric") -> Callable:
-    """'package.module:function' -> the function, with an error saying what is wrong."""
-    obj = import_object(spec, what)
-    if not callable(obj):
-        raise ValueError(f"{what} {spec!r}: {spec.rpartition(':')[2]!r} is not callable")
-    return obj
-
-
 def as_metric(metric: Union[Metric, Callable[[nn.Module], float], str], *, name: Optional[str] = None,
               higher_is_better: bool = True) -> Metric:
     """A Metric from a Metric, a callable `model -> float` or a 'module:function' string."""
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, str):
-        return Metric(import_callable(metric), name or metric, higher_is_better, {"metric": metric})
+        return Metric(import_callable(metric, "metric"), name or metric, higher_is_better, {"metric": metric})
     if callable(metric):
         label = name or getattr(metric, "__qualname__", type(metric).__name__)
         return Metric(metric, label, higher_is_better, {"metric": label})

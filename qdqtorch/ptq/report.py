@@ -3,10 +3,25 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from pathlib import Path
 from typing import Any, Dict, List
 
+import torch
+
+from .. import __version__
 from ..quantize import atomic_write_text
+
+
+def versions() -> Dict[str, str]:
+    """Python, torch, qdqtorch and the optional packages installed (summary.json's "versions")."""
+    found = {"python": platform.python_version(), "torch": torch.__version__, "qdqtorch": __version__}
+    for name in ("torchvision", "onnx", "onnxruntime", "ultralytics", "pycocotools"):
+        try:
+            found[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            pass
+    return found
 
 
 def _fmt(value: Any) -> str:

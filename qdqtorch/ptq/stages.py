@@ -1,0 +1,237 @@
+"""The PTQ stages over one shared value: prepare -> calibrate -> evaluate -> export -> report.
+
+`prepare` loads the float model, caches the evaluation images, builds the QuantConfig, quantizes and applies the
+placement; every later stage works on the `Prepared` it returns and records its numbers and seconds in it, so `report`
+writes exactly what ran. `qdqtorch.pipeline.run_ptq` composes them; the sensitivity session and the benchmarks call
+the same stages.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..data import CalibrationLoader, Preprocess
+from ..models import LoadedModel
+from ..quantize import QuantConfig, QuantReport, quantize_model
+from ..quantize import calibrate as calibrate_model
+from ..rules import apply_placement, placement_from_name
+from ..user_code import import_callable, is_callable_spec
+from .report import versions, write_reports
+from .settings import PTQSettings
+
+# summary key -> (timings key, log label) of each evaluation a PTQ run makes
+EVALUATIONS = {"float": ("float_eval", "float"), "int8": ("int8_eval", "int8 (fake quant)"),
+               "int8_onnxruntime": ("ort_eval", "int8 (onnxruntime)")}
+
+
+@dataclass
+class Prepared:
+    """A quantized (not yet calibrated) model with everything the later stages need, and what they recorded."""
+
+    settings: PTQSettings
+    model: nn.Module
+    loaded: Optional[LoadedModel]          # None for a 'module:function' model
+    preprocess: Preprocess
+    eval_set: Optional[Any] = None         # qdqtorch.eval.EvalSet, when the run scores COCO mAP
+    sample: Optional[torch.Tensor] = None  # one evaluation image (1, 3, H, W): traces placement and export
+    config: Optional[QuantConfig] = None
+    quant_report: Optional[QuantReport] = None
+    placement_report: Optional[Any] = None  # qdqtorch.rules.RulesReport when a placement was applied
+    summary: Dict[str, Any] = field(default_factory=dict)   # summary.json so far (keys of SUMMARY_FIELDS)
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def layout(self) -> Optional[str]:
+        """The detector's output layout (yolov5 / ultralytics), None for a 'module:function' model."""
+        return self.loaded.layout if self.loaded is not None else None
+
+    @property
+    def default_ignore(self) -> List[str]:
+        """The model family's layers kept float (e.g. Ultralytics' DFL)."""
+        return list(self.loaded.default_ignore) if self.loaded is not None else []
+
+
+def load_float(settings: PTQSettings) -> Tuple[nn.Module, Optional[LoadedModel]]:
+    """The float model of `settings.model` (a checkpoint / model yaml, or a 'module:function' nn.Module factory)."""
+    if is_callable_spec(settings.model):
+        model = import_callable(settings.model, "--model")()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"--model {settings.model}: returned {type(model).__name__}, expected a float nn.Module")
+        return model.float().to(settings.device).eval(), None
+    from ..models import load_model
+    loaded = load_model(settings.model, repo=settings.repo, device=settings.device, fuse_bn=settings.fold_bn)
+    return loaded.model, loaded
+
+
+def quant_config_for(settings: PTQSettings, default_ignore: Sequence[str], extra: Sequence[str] = ()) -> QuantConfig:
+    """The QuantConfig of a run: the `quant` section, its ignore list plus the model's default float layers,
+    `settings.ignore` and `extra`."""
+    data = dict(settings.quant)
+    ignore = data.pop("ignore", [])
+    ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+    config = QuantConfig.from_dict(data, where="quant section")
+    config.ignore = list(dict.fromkeys([*default_ignore, *ignore, *settings.ignore, *extra]))
+    return QuantConfig.from_dict(config.to_dict(), where="quant section")
+
+
+def quantize(model: nn.Module, settings: PTQSettings, default_ignore: Sequence[str], sample: Optional[torch.Tensor],
+             extra_ignore: Sequence[str] = ()) -> Tuple[QuantConfig, QuantReport, Optional[Any]]:
+    """Replace the layers (QuantConfig of the settings) and apply the settings' placement: the one place a PTQ run,
+    the sweep and its budget verification quantize. Returns (config, quant report, placement report or None)."""
+    config = quant_config_for(settings, default_ignore, extra_ignore)
+    report = quantize_model(model, config)
+    return config, report, apply_placement(model, placement_from_name(settings.rules), sample)
+
+
+def eval_set_for(settings: PTQSettings, preprocess: Preprocess, names: Optional[List[str]], progress: bool = True):
+    """The evaluation images of a run (settings.data: a dataset yaml's eval split or a YOLO folder), decoded once."""
+    from ..eval import EvalSet
+    data = Path(settings.data)
+    if not data.exists():
+        raise FileNotFoundError(f"dataset {settings.data!r} not found: pass --data with a local Ultralytics dataset "
+                                "yaml (e.g. ../shared/data/coco128/coco128.yaml) or an image folder with YOLO labels; "
+                                "nothing is downloaded")
+    if data.suffix in (".yaml", ".yml"):
+        return EvalSet.from_yaml(data, settings.eval_split, preprocess, num_images=settings.num_eval,
+                                 workers=settings.workers, progress=progress)
+    return EvalSet.from_yolo(data, preprocess, names=names, num_images=settings.num_eval, workers=settings.workers,
+                             progress=progress)
+
+
+def prepare(settings: PTQSettings, *, with_eval_set: bool = True, evaluate_float: bool = False,
+            progress: bool = True, log=print) -> Prepared:
+    """Load the float model, cache the evaluation images (`with_eval_set`), score the float model
+    (`evaluate_float`), then quantize and apply the placement (traced on the first evaluation image)."""
+    t0 = time.perf_counter()
+    model, loaded = load_float(settings)
+    stride = loaded.stride if loaded is not None else 32
+    prep = Prepared(settings, model, loaded,
+                    Preprocess.from_dict({**settings.preprocess, "imgsz": settings.imgsz, "stride": stride}))
+    prep.timings["load"] = time.perf_counter() - t0
+    prep.summary["settings"] = settings.to_dict()  # "versions" follows it, added by report()
+    if settings.note:
+        prep.summary["note"] = settings.note
+    if loaded is not None:
+        prep.summary["model"] = {"source": loaded.source, "layout": loaded.layout, "classes": loaded.num_classes,
+                                 "stride": loaded.stride}
+    if with_eval_set:
+        if loaded is None:
+            raise ValueError(f"--model {settings.model}: COCO evaluation needs a YOLO detector checkpoint")
+        t0 = time.perf_counter()
+        prep.eval_set = eval_set_for(settings, prep.preprocess, loaded.names, progress)
+        prep.timings["eval_set"] = time.perf_counter() - t0
+        prep.summary["data"] = {"eval": settings.data, "eval_split": settings.eval_split,
+                                "eval_images": len(prep.eval_set), "eval_boxes": prep.eval_set.num_annotations}
+        if evaluate_float:
+            evaluate(prep, "float", progress=progress, log=log)
+        prep.sample = next(prep.eval_set.batches(1, settings.device))[1]
+    prep.config, prep.quant_report, prep.placement_report = quantize(model, settings, prep.default_ignore,
+                                                                     prep.sample)
+    prep.summary["quantization"] = {"config": prep.config.to_dict(), **prep.quant_report.to_dict(),
+                                    **({"rules": prep.placement_report.to_dict()}
+                                       if prep.placement_report is not None else {})}
+    return prep
+
+
+def samples_in(batch: Any) -> int:
+    """Samples in a batch (a tensor, or a tuple/list whose first item is one); 1 when it cannot tell."""
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
+
+
+def calibration_data(settings: PTQSettings, preprocess: Preprocess) -> Union[List[Any], CalibrationLoader]:
+    """The calibration batches: `settings.calib_data` (default: `settings.data`'s calib split) through the
+    preprocessing, or a 'module:function' yielding input batches (cut after num_calib samples)."""
+    if is_callable_spec(settings.calib_data):
+        batches: List[Any] = []
+        seen = 0
+        for batch in import_callable(str(settings.calib_data), "--calib-data")():
+            batches.append(batch)
+            seen += samples_in(batch)
+            if seen >= settings.num_calib:
+                break
+        if not batches:
+            raise ValueError(f"--calib-data {settings.calib_data}: yielded no batch")
+        return batches
+    from ..data import calibration_loader
+    return calibration_loader(settings.calib_data or settings.data, preprocess, batch_size=settings.batch,
+                              num_images=settings.num_calib, workers=settings.workers, split=settings.calib_split)
+
+
+def calibration_kwargs(settings: PTQSettings) -> Dict[str, Any]:
+    """The calibration options of the settings, as `qdqtorch.calibrate` (and the distributed one) take them."""
+    return dict(method=settings.calib_method, weight_method=settings.weight_method, device=settings.device,
+                percentile=settings.percentile)
+
+
+def calibrate(prep: Prepared, data: Optional[Iterable] = None, *, progress: bool = True) -> None:
+    """Calibrate the prepared model on `data` (default: `calibration_data` of the settings)."""
+    s = prep.settings
+    data = calibration_data(s, prep.preprocess) if data is None else data
+    t0 = time.perf_counter()
+    calibrate_model(prep.model, data, progress=progress, **calibration_kwargs(s))
+    prep.timings["calibrate"] = time.perf_counter() - t0
+    images = getattr(data, "num_images", None)
+    if images is None and isinstance(data, (list, tuple)):
+        images = sum(samples_in(b) for b in data)
+    prep.summary.setdefault("data", {}).update(calib=s.calib_data or s.data, calib_split=s.calib_split,
+                                               calib_images=images)
+
+
+def eval_kwargs(prep: Prepared, progress: bool = True) -> Dict[str, Any]:
+    """The COCO evaluation options of the settings, as `qdqtorch.eval.evaluate` takes them."""
+    s = prep.settings
+    return dict(layout=prep.layout, conf_thres=s.conf_thres, iou_thres=s.iou_thres, max_det=s.max_det,
+                batch_size=s.batch, scorer=s.scorer, progress=progress)
+
+
+def evaluate(prep: Prepared, key: str = "int8", model: Optional[nn.Module] = None, *, progress: bool = True,
+             log=print):
+    """Score `model` (default: the prepared model) on the cached evaluation images and record it as `key` (float,
+    int8 or int8_onnxruntime) in the summary; returns the EvalResult."""
+    from ..eval import evaluate as evaluate_model
+    if prep.eval_set is None:
+        raise ValueError("evaluate: prepare() was called with_eval_set=False")
+    timing, label = EVALUATIONS[key]
+    t0 = time.perf_counter()
+    result = evaluate_model(prep.model if model is None else model, prep.eval_set, **eval_kwargs(prep, progress))
+    prep.timings[timing] = time.perf_counter() - t0
+    prep.summary[key] = result.to_dict()
+    log(f"{label}: {result}")
+    return result
+
+
+def export(prep: Prepared, out: Path) -> Path:
+    """Export the calibrated model as out/model.qdq.onnx and run the Q/DQ checker on it; returns the ONNX path."""
+    from ..export import check_qdq, export_onnx
+    from ..models import PredictionOnly
+    loaded, s = prep.loaded, prep.settings
+    if loaded is None or prep.sample is None:
+        raise ValueError(f"--model {s.model}: the ONNX export needs a YOLO detector checkpoint and evaluation images")
+    onnx_path = Path(out) / "model.qdq.onnx"
+    t0 = time.perf_counter()
+    export_onnx(PredictionOnly(prep.model, loaded.layout), prep.sample, onnx_path, opset=s.opset,
+                metadata={"stride": loaded.stride, "names": dict(enumerate(loaded.names)), "task": "detect",
+                          "imgsz": [s.imgsz, s.imgsz], "batch": 1,
+                          "description": f"qdqtorch {__version__} Q/DQ INT8 export of {s.model}"})
+    prep.timings["export"] = time.perf_counter() - t0
+    prep.summary["onnx"] = str(onnx_path)
+    # layers kept float on purpose are warnings, not errors; ONNX node names join module levels with / or .
+    ignored = prep.quant_report.ignored if prep.quant_report is not None else []
+    allow_float = [f"*{name.replace('.', '[./]')}/*" for name, _, _ in ignored]
+    prep.summary["qdq_check"] = check_qdq(onnx_path, allow_float=allow_float).to_dict()
+    return onnx_path
+
+
+def report(prep: Prepared, out: Path) -> Dict[str, Any]:
+    """Write out/summary.json and out/report.md from what the stages recorded; returns the summary."""
+    summary = {"settings": prep.summary["settings"], "versions": versions(), **prep.summary,
+               "timings": prep.timings}
+    write_reports(summary, Path(out))
+    return summary
