@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="layers kept float (re.match on dotted module names)")
     p.add_argument("--rules", choices=PLACEMENTS, default=S,
                      help="TensorRT Q/DQ placement rules: tensorrt (residual shortcuts float, the accurate default) or "
-                          "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; -0.010 mAP50-95 on YOLOv5n)")
+                          "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; "
+                          "-0.010 mAP50-95 on YOLOv5n)")
     p.add_argument("--fold-bn", action="store_true", default=S, help="fold BatchNorm into convs before quantizing")
     p.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu)")
     p.add_argument("--opset", type=int, default=S, help="ONNX opset (default 13)")

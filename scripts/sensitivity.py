@@ -52,7 +52,8 @@ def run_parser() -> argparse.ArgumentParser:
     g.add_argument("--ignore", nargs="+", default=S, metavar="REGEX", help="layers kept float throughout")
     g.add_argument("--rules", choices=PLACEMENTS, default=S,
                      help="TensorRT Q/DQ placement rules: tensorrt (residual shortcuts float, the accurate default) or "
-                          "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; -0.010 mAP50-95 on YOLOv5n)")
+                          "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; "
+                          "-0.010 mAP50-95 on YOLOv5n)")
     g.add_argument("--fold-bn", action="store_true", default=S)
     g.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu; cuda:LOCAL_RANK under torchrun)")
     g.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default fast)")

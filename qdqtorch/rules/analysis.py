@@ -145,7 +145,8 @@ def _residuals(g: Graph, tail: Set[int]) -> List[Residual]:
 
 def analyze(g: Graph, weight_ids: Set[int], residual: str = "float") -> Plan:
     """Apply the TensorRT placement rules to a traced graph (see `apply_tensorrt_rules`); `residual` is "float"
-    (residual Adds read their shortcut in float) or "int8" (the shortcut comes from a Q/DQ, as Conv+Add fusion needs)."""
+    (residual Adds read their shortcut in float) or "int8" (the shortcut comes from a Q/DQ, as Conv+Add fusion
+    needs)."""
     if residual not in RESIDUAL_MODES:
         raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
     act_quant = [n for n in g.nodes if _is_activation_quant(n, weight_ids)]
