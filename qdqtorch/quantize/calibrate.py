@@ -152,16 +152,21 @@ def calibrate_weights(model: nn.Module, method: str = "max", **kwargs: Any) -> i
     return count
 
 
-def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = None, *, method: str = "max",
-              weight_method: str = "max", device: Union[str, torch.device, None] = None,
-              preprocess: Optional[Callable] = None, progress: bool = True, **kwargs: Any) -> None:
-    """collect_stats + compute_amax in one call; a histogram `method` switches per-tensor activation quantizers
-    from max to histogram calibrators first."""
-    check_amax_method(method, "calibrate")
+def prepare_calibrators(model: nn.Module, method: str, caller: str) -> None:
+    """Check `method`, give activation quantizers the calibrator it needs, and empty every calibrator."""
+    check_amax_method(method, caller)
     if calibrator_for(method) == "histogram":
         use_histogram_calibrators(model)
     for _, q in named_quantizers(model):
         if q.calibrator is not None:
             q.calibrator.reset()
+
+
+def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = None, *, method: str = "max",
+              weight_method: str = "max", device: Union[str, torch.device, None] = None,
+              preprocess: Optional[Callable] = None, progress: bool = True, **kwargs: Any) -> None:
+    """collect_stats + compute_amax in one call; a histogram `method` switches per-tensor activation quantizers
+    from max to histogram calibrators first."""
+    prepare_calibrators(model, method, "calibrate")
     collect_stats(model, data, num_batches, device=device, preprocess=preprocess, progress=progress)
     compute_amax(model, method, weight_method=weight_method, progress=progress, **kwargs)

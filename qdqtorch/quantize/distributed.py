@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..calib import HistogramCalibrator, MaxCalibrator, calibrator_for, check_amax_method
-from .calibrate import collect_stats, compute_amax, use_histogram_calibrators
+from ..calib import HistogramCalibrator, MaxCalibrator
+from .calibrate import collect_stats, compute_amax, prepare_calibrators
 from .control import named_quantizers
 
 
@@ -105,12 +105,7 @@ def distributed_calibrate(model: nn.Module, data: Iterable, num_batches: Optiona
     """Like `qdqtorch.calibrate`, but rank r feeds batches r, r+W, r+2W, ... of the first `num_batches`, the
     statistics are all-reduced, and rank 0's amax is broadcast, so every rank ends with the same calibration."""
     rank, world = rank_and_world()
-    check_amax_method(method, "distributed_calibrate")
-    if calibrator_for(method) == "histogram":
-        use_histogram_calibrators(model)
-    for _, q in named_quantizers(model):
-        if q.calibrator is not None:
-            q.calibrator.reset()
+    prepare_calibrators(model, method, "distributed_calibrate")
     mine = itertools.islice(data, rank, num_batches, world)
     total = None if num_batches is None else len(range(rank, num_batches, world))
     if total != 0:  # a rank without batches still joins the all-reduce
