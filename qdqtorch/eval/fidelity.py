@@ -133,6 +133,7 @@ class FidelityReference:
     num_classes: int
     settings: Dict[str, Any]
     outputs: List[torch.Tensor] = field(default_factory=list, repr=False)   # float outputs of the first images
+    seconds: float = 0.0                  # time the float pass took
 
     @property
     def num_boxes(self) -> int:
@@ -223,9 +224,8 @@ def float_reference(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_th
                          f"pass --allow-empty (allow_empty=True) to go on anyway")
     view.gt = _pseudo_gt(dets, view, names)
     settings = {"reference_conf": conf_thres, "candidate_conf": CANDIDATE_CONF, "iou_thres": iou_thres,
-                "max_det": max_det, "imgsz": list(eval_set.preprocess.hw), "output_images": tap.seen,
-                "seconds": round(time.perf_counter() - t0, 3)}
-    return FidelityReference(view, layout, nc, settings, tap.stacked())
+                "max_det": max_det, "imgsz": list(eval_set.preprocess.hw), "output_images": tap.seen}
+    return FidelityReference(view, layout, nc, settings, tap.stacked(), seconds=time.perf_counter() - t0)
 
 
 def fidelity_predictions(candidate: nn.Module, reference: FidelityReference, *, batch_size: int = 16,
