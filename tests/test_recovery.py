@@ -52,8 +52,8 @@ def test_learned_rounding_lowers_each_layers_output_error_below_nearest(method):
     nearest = [_float_error(model, float_model, i, data) for i in (0, 2)]
     recover_weights(model, [data], method=method, bias_correction=False, num_images=16, progress=False)
     recovered = [_float_error(model, float_model, i, data) for i in (0, 2)]
-    for before, after in zip(nearest, recovered):
-        assert after < 0.8 * before, (method, nearest, recovered)
+    assert all(after <= before * (1 + 1e-9) for before, after in zip(nearest, recovered)), (nearest, recovered)
+    assert recovered[1] < 0.8 * nearest[1], (method, nearest, recovered)   # correlated post-ReLU inputs
 
 
 def test_bias_correction_cancels_the_mean_output_error():
@@ -139,3 +139,38 @@ def test_compensation_through_quantized_inputs_lowers_the_second_layers_error():
     before = _float_error(model, float_model, 2, data)
     recover_weights(model, [data], method="gptq", bias_correction=True, num_images=16, progress=False)
     assert _float_error(model, float_model, 2, data) < 0.6 * before
+
+
+def _head_snr(model: nn.Module, reference: list, images: torch.Tensor) -> float:
+    outs: list = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: outs.append(o.double())) for m in model.model[-1].m]
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    if not reference:
+        reference.extend(outs)
+        return float("inf")
+    signal = sum(float(r.pow(2).sum()) for r in reference)
+    noise = sum(float((r - o).pow(2).sum()) for r, o in zip(reference, outs))
+    return 10 * torch.log10(torch.tensor(signal / noise)).item()
+
+
+def test_yolov5n_recovery_raises_the_output_snr_over_plain_ptq(yolov5n_path, coco128_dir):
+    from conftest import YOLOV5_REPO_FIXTURE
+    from qdqtorch.data import Preprocess, calibration_loader
+    from qdqtorch.models import load_model
+    loaded = load_model(yolov5n_path, repo=YOLOV5_REPO_FIXTURE)
+    model = loaded.model
+    pp = Preprocess(imgsz=160, stride=loaded.stride)
+    yaml = coco128_dir / "coco128.yaml"
+    train = next(iter(calibration_loader(yaml, pp, batch_size=4, num_images=4)))
+    val = next(iter(calibration_loader(yaml, pp, batch_size=4, num_images=4, split="val")))
+    reference: list = []
+    _head_snr(model, reference, val)
+    quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)), rules="tensorrt", example_input=val[:1])
+    calibrate(model, [train], method="max", progress=False)
+    ptq = _head_snr(model, reference, val)
+    report = recover_weights(model, [train], num_images=4, progress=False, iters=100)
+    assert len(report.layers) == 60 and not report.skipped
+    assert _head_snr(model, reference, val) > ptq + 0.3   # measured on held-out images

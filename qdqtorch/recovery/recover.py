@@ -211,6 +211,9 @@ class _Recovery:
                 codes = solve(p32, "adaround", **self.solver_kwargs).double()
             else:
                 codes = solve(problem, self.method, **self.solver_kwargs)
+            # a row keeps round-to-nearest where the solver did not beat it (never worse than plain PTQ)
+            worse = problem.loss(codes) > problem.loss(near)
+            codes = torch.where(worse[:, None], near, codes)
             err_before += float((problem.loss(near) + const).sum())
             err_after += float((problem.loss(codes) + const).sum())
             energy += float((st.yy / st.count).sum())
@@ -262,7 +265,7 @@ class _Recovery:
 
 
 @torch.no_grad()
-def recover_weights(model: nn.Module, data: Iterable, *, method: str = "adaround", bias_correction: bool = True,
+def recover_weights(model: nn.Module, data: Iterable, *, method: str = "adaround", bias_correction: bool = False,
                     num_images: int = 32, max_rows: int = 16384, device: Union[str, torch.device, None] = None,
                     progress: bool = True, seed: int = 0, **solver_kwargs: Any) -> RecoveryReport:
     """Re-round the weights of every quantized Conv/Linear of a calibrated model, layer by layer, to minimise its
