@@ -174,3 +174,18 @@ def test_yolov5n_recovery_raises_the_output_snr_over_plain_ptq(yolov5n_path, coc
     report = recover_weights(model, [train], num_images=4, progress=False, iters=100)
     assert len(report.layers) == 60 and not report.skipped
     assert _head_snr(model, reference, val) > ptq + 0.3   # measured on held-out images
+
+
+def test_ptq_script_recovers_the_embedded_demo(tmp_path):
+    from conftest import REPO_ROOT
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "ptq.py"), "--out", str(out), "--recover",
+                           "adaround", "--recover-images", "4", "--no-export"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recovery"]["method"] == "adaround" and summary["recovery"]["images"] == 4
+    assert "recover" in summary["timings"] and "recovery" in summary["fields"]

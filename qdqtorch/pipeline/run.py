@@ -114,6 +114,17 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
               device=settings.device, progress=progress, percentile=settings.percentile)
     timings["calibrate"] = time.perf_counter() - t0
     summary["data"].update(calib=calib_source, calib_split=settings.calib_split, calib_images=loader.num_images)
+    if settings.recover:
+        from ..recovery import recover_weights
+        t0 = time.perf_counter()
+        recovery = recover_weights(model, calibration_loader(calib_source, preprocess, batch_size=settings.batch,
+                                                             num_images=settings.recover_images,
+                                                             workers=settings.workers, split=settings.calib_split),
+                                   method=settings.recover, bias_correction=settings.bias_correction,
+                                   num_images=settings.recover_images, device=settings.device, progress=progress)
+        timings["recover"] = time.perf_counter() - t0
+        summary["recovery"] = {k: v for k, v in recovery.to_dict().items() if k != "layers"}
+        log(str(recovery))
     save_calibration(model, out / "calibration.json")
 
     t0 = time.perf_counter()
