@@ -143,7 +143,8 @@ class _Recovery:
     def __init__(self, model: nn.Module, n: int, method: str, bias_correction: bool, max_rows: int,
                  solver_kwargs: Dict[str, Any], bar: Any, seed: int) -> None:
         self.model, self.n, self.method = model, n, method
-        self.bias_correction, self.max_rows, self.solver_kwargs, self.bar = bias_correction, max_rows, solver_kwargs, bar
+        self.bias_correction, self.max_rows, self.bar = bias_correction, max_rows, bar
+        self.solver_kwargs = solver_kwargs
         self.generator = torch.Generator().manual_seed(seed)
         self.float_params: Dict[nn.Module, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
         self.added_bias: List[nn.Module] = []
@@ -186,7 +187,8 @@ class _Recovery:
         per = module.weight.shape[0] // g
         new_w = torch.empty_like(w_float)
         # round-to-nearest exactly as fake quant does it (float32 arithmetic, ties included)
-        nearest = torch.round(module._weight_quantizer(module.weight.detach()) / scale.view(-1, *[1] * (w_float.dim() - 1)))
+        rows_shape = (-1, *[1] * (w_float.dim() - 1))
+        nearest = torch.round(module._weight_quantizer(module.weight.detach()) / scale.view(rows_shape))
         new_b = torch.zeros(module.weight.shape[0], dtype=w_float.dtype, device=w_float.device)
         err_before = err_after = energy = changed = 0.0
         for group in range(g):
