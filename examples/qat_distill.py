@@ -6,7 +6,9 @@ images, and report COCO mAP of float, PTQ (before) and QAT (after) on the same e
         --images ../shared/data/coco128/images/train2017 --val-data ../shared/data/coco128/coco128.yaml \
         --epochs 10 --lr 1e-5 --imgsz 640 --batch 16 --device cuda
 
-Writes OUT/qat.safetensors (reload with qdqtorch.qat.load_qat_checkpoint into a freshly quantized model) and
+Starts from the shipped placement `--rules tensorrt-int8-residual` (every residual Add fused into its Conv), so QAT
+recovers what full fusion costs in PTQ. Writes OUT/qat.safetensors (reload with qdqtorch.qat.load_qat_checkpoint
+into a model quantized the same way, same --rules) and
 OUT/summary.json. Loading a .pt checkpoint unpickles it, which can run code: only load files you trust. Nothing is
 downloaded.
 """
@@ -53,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="modules whose outputs are distilled (default: the model's main blocks but the head)")
     p.add_argument("--block-weight", type=float, default=1.0, help="weight of the per-block MSE (default 1)")
     p.add_argument("--output-weight", type=float, default=1.0, help="weight of the final-output MSE (default 1)")
+    p.add_argument("--rules", default="tensorrt-int8-residual",
+                   help="Q/DQ placement to start from (default tensorrt-int8-residual: every Conv+Add fused, the "
+                        "fastest TensorRT engine, whose PTQ accuracy loss QAT recovers); 'none' for plain placement")
     p.add_argument("--ignore", nargs="+", default=[], metavar="REGEX", help="layers kept float (re.match)")
     p.add_argument("--out", default="runs/qat", help="output folder (default runs/qat)")
     p.add_argument("--workers", type=int, default=0, help="image loading workers (default 0)")
@@ -79,6 +84,7 @@ def run(args: argparse.Namespace) -> dict:
     from qdqtorch.eval import evaluate
     from qdqtorch.models import load_model
     from qdqtorch.qat import DistillationLoss, make_teacher, param_groups, prepare_qat, save_qat_checkpoint
+    from qdqtorch.rules import apply_placement, placement_from_name
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
     preprocess = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
     eval_set = _eval_set(args.val_data, preprocess, loaded.names, args.num_eval, args.workers)
     eval_kwargs = dict(layout=layout, batch_size=args.batch)
-    summary: dict = {"settings": vars(args), "model": loaded.source, "eval_images": len(eval_set)}
+    summary: dict = {"settings": vars(args), "model": loaded.source, "eval_images": len(eval_set), "rules": args.rules}
 
     if not args.skip_float_eval:
         summary["float"] = evaluate(model, eval_set, **eval_kwargs).to_dict()
@@ -96,6 +102,7 @@ def run(args: argparse.Namespace) -> dict:
 
     config = QuantConfig(ignore=list(dict.fromkeys([*loaded.default_ignore, *args.ignore])))
     quantize_model(model, config)
+    apply_placement(model, placement_from_name(args.rules), next(eval_set.batches(1, args.device))[1])
     calib = calibration_loader(args.images, preprocess, batch_size=args.batch, num_images=args.num_calib,
                                workers=args.workers)
     calibrate(model, calib, method=args.calib_method, device=args.device)
@@ -140,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
         summary["gap_recovered"] = gained / gap if gap > 0 else None
     save_qat_checkpoint(model, out / "qat.safetensors",
                         metadata={"epochs": args.epochs, "map50_95": summary["qat"]["map50_95"],
-                                  "quant_config": config.to_dict()})
+                                  "quant_config": config.to_dict(), "rules": args.rules})
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 

@@ -62,6 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--percentile", type=float, default=S, help="for --calib-method percentile (default 99.99)")
     p.add_argument("--weight-method", choices=WEIGHT_METHODS, default=S,
                    help="weight amax method (default max)")
+    p.add_argument("--recover", choices=["adaround", "gptq", "nearest"], default=S,
+                   help="after calibration, re-round weights label-free so each layer's output matches float "
+                        "(adaround: learned rounding; gptq; nearest: only with --bias-correction)")
+    p.add_argument("--recover-images", type=int, default=S, help="images the recovery fits on (default 16)")
+    p.add_argument("--bias-correction", action="store_true", default=S,
+                   help="with --recover: shift biases to cancel each layer's mean output error")
     p.add_argument("--ignore", nargs="+", default=S, metavar="REGEX",
                    help="layers kept float (re.match on dotted module names)")
     p.add_argument("--rules", choices=PLACEMENTS, default=S,

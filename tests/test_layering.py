@@ -13,7 +13,7 @@ RANKS = {
     "tensor_quant": 0, "calib": 0, "descriptor": 0, "host_memory": 0, "user_code": 0, "optional": 0,
     "nn": 1,
     "quantize": 2, "quant_modules": 2, "": 2,  # "" is qdqtorch/__init__.py, which re-exports the core
-    "models": 3, "data": 3, "eval": 3, "export": 3, "rules": 3,
+    "models": 3, "data": 3, "eval": 3, "export": 3, "rules": 3, "recovery": 3,
     "ptq": 4, "qat": 4,
     "sensitivity": 5,
     "pipeline": 6,

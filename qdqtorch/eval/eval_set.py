@@ -87,12 +87,15 @@ class EvalSet:
     category_ids: List[int]
     preprocess: Preprocess
     _scorers: Dict[str, object] = field(default_factory=dict, repr=False)
+    labelled: bool = True                  # False: images only (from_images); score with fidelity, not labels
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def __repr__(self) -> str:
         h, w = self.preprocess.hw
+        if not self.labelled:
+            return f"EvalSet({len(self)} unlabelled images at {h}x{w})"
         return (f"EvalSet({len(self)} images at {h}x{w}, {self.num_annotations} boxes, "
                 f"{len(self.category_ids)} classes)")
 
@@ -103,6 +106,9 @@ class EvalSet:
 
     def scorer(self, name: str):
         """The scorer `name` prepared for this ground truth (built once, then reused)."""
+        if not self.labelled:
+            raise ValueError(f"the {len(self)} evaluation images (e.g. {self.paths[0]}) have no labels: mAP against "
+                             f"labels cannot be computed; use fidelity (qdqtorch.eval.fidelity) instead")
         if name not in self._scorers:
             from .scorers import make_scorer
             self._scorers[name] = make_scorer(name, self.gt, self.image_ids)
@@ -151,6 +157,34 @@ class EvalSet:
         return cls(tensors, infos, image_ids_for(paths), paths, gt, names, category_ids, pp)
 
     @classmethod
+    def from_images(cls, images: Source, preprocess: PreprocessLike = None, *, num_images: Optional[int] = None,
+                    workers: int = 0, progress: bool = True, split: str = "val") -> "EvalSet":
+        """Images only (folder / list file / dataset yaml split / files), no labels: `labelled` is False, so the
+        set is for fidelity (the float model's detections as ground truth), not for mAP against labels."""
+        pp = Preprocess.from_dict(preprocess or {})
+        paths = resolve_source(images, split)[:num_images]
+        tensors, infos, kept = _load_images(paths, pp, workers, progress)
+        paths = [paths[i] for i in kept]
+        ids = image_ids_for(paths)
+        gt = {"images": [{"id": i, "file_name": p.name, "height": int(info.orig_hw[0]), "width": int(info.orig_hw[1])}
+                         for i, p, info in zip(ids, paths, infos)], "annotations": [], "categories": []}
+        return cls(tensors, infos, ids, paths, gt, [], [], pp, labelled=False)
+
+    @classmethod
+    def from_source(cls, source: Source, preprocess: PreprocessLike = None, *, names: Optional[Sequence[str]] = None,
+                    split: str = "val", **kwargs) -> "EvalSet":
+        """A dataset yaml (its split, labels and names), or images with YOLO labels when any exist, else the
+        images alone (unlabelled, for fidelity)."""
+        if isinstance(source, (str, Path)) and Path(source).suffix.lower() in (".yaml", ".yml"):
+            paths = resolve_source(source, split)
+            if has_labels(paths):
+                return cls.from_yaml(source, split, preprocess, **kwargs)
+            return cls.from_images(source, preprocess, split=split, **kwargs)
+        if has_labels(resolve_source(source, split)):
+            return cls.from_yolo(source, preprocess, names=names, split=split, **kwargs)
+        return cls.from_images(source, preprocess, split=split, **kwargs)
+
+    @classmethod
     def from_yaml(cls, data_yaml: Union[str, Path], split: str = "val", preprocess: PreprocessLike = None,
                   **kwargs) -> "EvalSet":
         """A split of an Ultralytics dataset yaml with its YOLO labels and `names:`."""
@@ -186,6 +220,17 @@ class EvalSet:
                    category_ids, pp)
 
 
+def has_labels(paths: Sequence[Path]) -> bool:
+    """True when at least one of the images has a YOLO label file by the images -> labels convention."""
+    for p in paths:
+        try:
+            if label_path_for(p).is_file():
+                return True
+        except ValueError:      # no `images` folder in the path: no conventional label location
+            return False
+    return False
+
+
 def _check_sizes(gt: dict, ids: Sequence[int], infos: Sequence[TransformInfo], source: str) -> None:
     """Warn when decoded image sizes differ from the json's (e.g. EXIF rotation): boxes would not line up."""
     sizes = {im["id"]: (im.get("height"), im.get("width")) for im in gt["images"]}
@@ -197,4 +242,4 @@ def _check_sizes(gt: dict, ids: Sequence[int], infos: Sequence[TransformInfo], s
                       f"line up", stacklevel=3)
 
 
-__all__ = ["EvalSet"]
+__all__ = ["EvalSet", "has_labels"]

@@ -100,4 +100,5 @@ def load_model(spec: str | Path | nn.Module, *, repo: str | Path | None = None, 
     if fuse_bn:
         source += f" (batchnorm folded: {fold_batchnorm(model)})"
     return LoadedModel(model=model, layout=layout, names=class_names(model, head), stride=max_stride(model, head),
-                       default_ignore=float_by_default(model), source=source)
+                       default_ignore=float_by_default(model), source=source,
+                       trained=isinstance(spec, nn.Module) or Path(spec).suffix.lower() not in _YAML)

@@ -16,6 +16,14 @@ class LoadedModel:
     stride: int
     default_ignore: list[str] = field(default_factory=list)  # regexes (re.search on module names) kept float
     source: str = ""
+    trained: bool = True  # False when built from a model yaml: random weights, every accuracy figure is noise
+
+    def untrained_warning(self) -> str | None:
+        """A one-line warning when the weights are random (model built from a yaml), else None."""
+        if self.trained:
+            return None
+        return (f"{self.source}: the model was built from a yaml and has random weights (no trained checkpoint): "
+                f"its detections and every accuracy figure are noise; pass a trained .pt or .safetensors to --model")
 
     @property
     def num_classes(self) -> int:

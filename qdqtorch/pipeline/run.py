@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..host_memory import reuse_freed_memory
-from ..ptq import PTQSettings, calibrate, evaluate, export, prepare, report
+from ..ptq import PTQSettings, calibrate, evaluate, export, prepare, recover, report
 from ..quantize import save_calibration
 
 
@@ -32,6 +32,7 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     out.mkdir(parents=True, exist_ok=True)
     prep = prepare(settings, evaluate_float=not settings.skip_float_eval, progress=progress, log=log)
     calibrate(prep, progress=progress)
+    recover(prep, progress=progress, log=log)
     save_calibration(prep.model, out / "calibration.json")
     evaluate(prep, "int8", progress=progress, log=log)
     if settings.export:

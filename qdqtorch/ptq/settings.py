@@ -35,6 +35,9 @@ class PTQSettings:
     calib_method: str = "mse"                # best measured on YOLOv5n (BENCHMARKS.md §2); "max" is the fastest
     percentile: float = 99.99
     weight_method: str = "max"
+    recover: Optional[str] = None             # label-free weight re-rounding after calibration: adaround, gptq, nearest
+    recover_images: int = 16                  # calibration images the recovery fits on (one paired forward pass)
+    bias_correction: bool = False             # with recover: also shift biases to cancel each layer's mean error
     ignore: List[str] = field(default_factory=list)
     rules: Optional[str] = None               # "tensorrt" / "tensorrt-int8-residual": TensorRT placement rules
     fold_bn: bool = False
@@ -60,7 +63,9 @@ class PTQSettings:
             raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
         if self.rules not in (None, *PLACEMENTS):
             raise ValueError(f"rules must be one of {PLACEMENTS} or unset, got {self.rules!r}")
-        for name in ("num_calib", "batch", "imgsz"):
+        if self.recover not in (None, "adaround", "gptq", "nearest"):
+            raise ValueError(f"recover must be adaround, gptq, nearest or unset, got {self.recover!r}")
+        for name in ("num_calib", "batch", "imgsz", "recover_images"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if isinstance(self.ignore, str):

@@ -184,6 +184,28 @@ def calibrate(prep: Prepared, data: Optional[Iterable] = None, *, progress: bool
                                                calib_images=images)
 
 
+def recover(prep: Prepared, *, progress: bool = True, log=print) -> Optional[Any]:
+    """Re-round the calibrated weights against the float model (settings.recover / bias_correction) on
+    `recover_images` calibration images; returns the RecoveryReport, or None when the settings ask for none."""
+    s = prep.settings
+    if not s.recover:
+        return None
+    from ..data import calibration_loader
+    from ..recovery import recover_weights
+    if is_callable_spec(s.calib_data):
+        data: Any = calibration_data(s, prep.preprocess)
+    else:
+        data = calibration_loader(s.calib_data or s.data, prep.preprocess, batch_size=s.batch,
+                                  num_images=s.recover_images, workers=s.workers, split=s.calib_split)
+    t0 = time.perf_counter()
+    result = recover_weights(prep.model, data, method=s.recover, bias_correction=s.bias_correction,
+                             num_images=s.recover_images, device=s.device, progress=progress)
+    prep.timings["recover"] = time.perf_counter() - t0
+    prep.summary["recovery"] = {k: v for k, v in result.to_dict().items() if k != "layers"}
+    log(str(result))
+    return result
+
+
 def eval_kwargs(prep: Prepared, progress: bool = True) -> Dict[str, Any]:
     """The COCO evaluation options of the settings, as `qdqtorch.eval.evaluate` takes them."""
     s = prep.settings

@@ -47,5 +47,13 @@ class CocoMetric(Metric):
         detections, _ = suppress_predictions(raw, self.eval_set, **self.suppress_kwargs)
         return float(getattr(self._scorer.score(detections), self.key))
 
+    def noise(self, model: nn.Module, resamples: int = 200, seed: int = 0) -> dict:
+        """Bootstrap over images of this metric on `model` (see qdqtorch.eval.bootstrap)."""
+        from ..eval import suppress_predictions
+        from ..eval.bootstrap import bootstrap_map
+        detections, _ = suppress_predictions(self.infer(model), self.eval_set, **self.suppress_kwargs)
+        return bootstrap_map(self.eval_set.gt, detections, self.eval_set.image_ids, key=self.key,
+                             resamples=resamples, seed=seed).to_dict()
+
     def __call__(self, model: nn.Module) -> float:
         return self.score(self.infer(model))

@@ -6,6 +6,7 @@ import re
 from typing import Dict, List, Optional, Sequence
 
 from .jobs import FLOAT, QUANTIZED
+from .noise import NO_SIGNIFICANT, is_significant, noise_summary, spearman_meaning
 from .schema import FORMAT, VERSION
 from .units import Unit
 
@@ -84,6 +85,7 @@ def build_result(meta: dict, fingerprint: str, records: Dict[str, dict], *, prox
     selected = set(meta.get("selected_units") or [u.name for u in units])
     proxy_scores = (proxy or {}).get("unit_scores", {})
     proxy_rank = {n: i + 1 for i, n in enumerate((proxy or {}).get("ranking", []))}
+    noise = noise_summary(records)
     entries, missing, not_evaluated = [], [], []
     for u in units:
         rec = records.get(f"unit/{u.name}")
@@ -97,6 +99,7 @@ def build_result(meta: dict, fingerprint: str, records: Dict[str, dict], *, prox
         entry = {"unit": u.name, "kind": u.kind, "layers": list(u.layers), "quantizers": list(u.quantizers),
                  "metric": rec["metric"], "delta": None if ref is None else rec["metric"] - ref["metric"],
                  "impact": impact_of(rec["metric"], baselines, mode, higher), "time_s": rec.get("time_s")}
+        entry["significant"] = is_significant(entry["impact"], noise)
         if u.name in proxy_scores:
             entry["proxy_snr_db"] = proxy_scores[u.name]
             entry["proxy_rank"] = proxy_rank.get(u.name)
@@ -108,7 +111,8 @@ def build_result(meta: dict, fingerprint: str, records: Dict[str, dict], *, prox
     if budget is not None and budget.get("selected") is not None:
         rec_units, source = list(budget["selected"]), "budget"
     else:
-        rec_units = [e["unit"] for e in entries[:recommend] if e["impact"] is not None and e["impact"] > 0]
+        rec_units = [e["unit"] for e in entries if e["impact"] is not None and e["impact"] > 0
+                     and e["significant"] is not False][:recommend]
         source = "top"
     regexes = ignore_regexes([by_name[n] for n in rec_units])
     for pattern in regexes:
@@ -118,17 +122,23 @@ def build_result(meta: dict, fingerprint: str, records: Dict[str, dict], *, prox
         "model": meta.get("model", {}), "data": meta.get("data", {}), "settings": {**settings, "reference": reference},
         "baselines": baselines, "num_units": len(units), "entries": entries, "not_evaluated": not_evaluated,
         "missing": missing, "complete": not missing and len(baselines) == 2,
+        "noise": noise,
         "recommendation": {"source": source, "units": rec_units, "ignore": regexes,
                            "config": recommended_config(meta.get("base_config"), regexes)},
     }
+    if noise is not None and entries and not any(e["significant"] for e in entries):
+        result["recommendation"]["note"] = (f"{NO_SIGNIFICANT} (bootstrap std {noise['std']:.4f}): nothing to keep "
+                                            "float on this evidence; evaluate on more images to resolve smaller "
+                                            "impacts")
     if proxy is not None:
         pairs = [(e["proxy_snr_db"], -e["impact"]) for e in entries
                  if e.get("proxy_snr_db") is not None and e["impact"] is not None]
         top_metric = [e["unit"] for e in entries[:5]]
         top_proxy = [n for n in proxy.get("ranking", []) if n in {e["unit"] for e in entries}][:5]
+        rho = spearman([p for p, _ in pairs], [m for _, m in pairs])
         result["proxy"] = {**proxy, "rank_correlation": {
-            "spearman": spearman([p for p, _ in pairs], [m for _, m in pairs]), "n": len(pairs),
-            "top5_overlap": len(set(top_metric) & set(top_proxy))}}
+            "spearman": rho, "n": len(pairs), "top5_overlap": len(set(top_metric) & set(top_proxy)),
+            "meaning": spearman_meaning(rho, len(pairs))}}
     if budget is not None:
         result["budget"] = budget
     if timing is not None:

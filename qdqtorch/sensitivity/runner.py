@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 from . import distributed as D
 from .budget import parse_budget, select_within_budget
 from .fingerprint import json_fingerprint, model_fingerprint
-from .jobs import (FLOAT, MODES, QUANTIZED, baseline_jobs, enabled_quantizers, float_set_job, shard_of,
+from .jobs import (FLOAT, MODES, QUANTIZED, Job, baseline_jobs, enabled_quantizers, float_set_job, shard_of,
                    unit_jobs)
 from .journal import FingerprintMismatch, Journal, discard, journal_paths, load_results, read_journal
 from .metric import Metric, as_metric, check_value
+from .noise import NOISE_KEY, estimate_noise
 from .proxy import proxy_markdown, proxy_pass
 from ..host_memory import reuse_freed_memory
 from ..quantize import atomic_write_text
@@ -159,9 +160,13 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
               "world_size": world, "prefix_reuse": None if evaluator.prefix is None else {
                   **evaluator.prefix.stats, "cache_mib": round(evaluator.prefix.bytes / 2**20, 1)}}
     if settings.shard is not None and settings.shard[1] > 1:
+        if settings.shard[0] == 0 and NOISE_KEY not in evaluator.results:
+            _measure_noise(evaluator, journal)
         timing["total_s"] = round(time.perf_counter() - started, 3)
         return build_result(meta, fingerprint, records, proxy=meta["proxy"], recommend=settings.recommend,
                             timing=timing)
+    if NOISE_KEY not in evaluator.results and (settings.shard is None or settings.shard[0] == 0):
+        _measure_noise(evaluator, journal)
     budget = None
     if settings.budget is not None:
         budget = _run_budget(evaluator, units, records, settings, verify_factory, progress)
@@ -171,6 +176,18 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
     result["output_dir"] = str(out_dir)
     write_outputs(result, out_dir, settings.topk, settings.chart)
     return result
+
+
+def _measure_noise(evaluator: "Evaluator", journal: Journal) -> None:
+    """Bootstrap the metric on the all-quantized model once and journal its std (resumes and merges keep it)."""
+    started = time.perf_counter()
+    evaluator.switch.set_enabled(enabled_quantizers(Job(QUANTIZED, "baseline"), evaluator.units, evaluator.mode))
+    try:
+        noise = estimate_noise(evaluator.metric, evaluator.model)
+    finally:
+        evaluator.switch.restore()
+    if noise is not None:
+        evaluator.results[NOISE_KEY] = journal.append(NOISE_KEY, float(noise["std"]), time.perf_counter() - started)
 
 
 def _run_budget(evaluator: "Evaluator", units: Sequence[Unit], records: Dict[str, dict], settings: SweepSettings,
@@ -184,7 +201,8 @@ def _run_budget(evaluator: "Evaluator", units: Sequence[Unit], records: Dict[str
     probe = build_result({"settings": {"mode": settings.mode,
                                        "higher_is_better": evaluator.metric.higher_is_better},
                           "units": [u.to_dict() for u in units]}, "", records)
-    ranking = [e["unit"] for e in probe["entries"] if e["impact"] is not None and e["impact"] > 0]
+    ranking = [e["unit"] for e in probe["entries"] if e["impact"] is not None and e["impact"] > 0
+               and e["significant"] is not False]
 
     bar = tqdm(desc="budget search", unit="eval", disable=not progress, dynamic_ncols=True)
 

@@ -15,13 +15,19 @@ Top level (a JSON object):
   disable-one, the only quantized one in enable-one), `delta` (metric − reference baseline), `impact` (accuracy
   quantizing this unit costs, in metric units, positive = harmful: disable-one: metric − quantized baseline,
   enable-one: float baseline − metric; sign-flipped when lower is better), `time_s`, and when a proxy pass ran,
-  `proxy_snr_db` and `proxy_rank`}. Ties in impact keep the model's order.
+  `proxy_snr_db` and `proxy_rank`, and `significant` (impact above `noise.std`; null when the noise is unknown)}.
+  Ties in impact keep the model's order.
+- `noise` (null when the metric gives no bootstrap, e.g. a custom `module:function`): {`std` (standard deviation
+  of the all-quantized baseline over a bootstrap of the images: how much the figure moves with the choice of
+  images), `method`, `significant_if`}.
 - `not_evaluated`: units left out by `--prefilter` (with their proxy score), `missing`: units whose result is
   absent (an unmerged shard); `complete`: true when nothing is missing.
 - `proxy` (optional): {`score`, `num_batches`, `layers` (name -> op), `all_quantized` and `single` (name -> {snr_db,
   mse, cosine, q_min, q_max, f_min, f_max, f_hist}), `unit_scores`, `ranking`, `rank_correlation`: {`spearman`,
-  `n`, `top5_overlap`} between proxy ranking and metric ranking over units that have both}.
-- `recommendation`: {`source` ("budget" | "top"), `units` kept float, `ignore` regexes for `QuantConfig.ignore`
+  `n`, `top5_overlap`, `meaning` (a sentence)} between proxy ranking and metric ranking over units that have
+  both}.
+- `recommendation`: {`source` ("budget" | "top"), `units` kept float (only units above the noise when it is known),
+  `note` (present when no unit's impact exceeds the noise), `ignore` regexes for `QuantConfig.ignore`
   (re.match on module paths), `config` (the content of sensitivity_config.yaml: the run's PTQ settings with the
   regexes added to `ignore`, or a `quant:` QuantConfig section; null when the base config is unknown),
   `config_file`}.

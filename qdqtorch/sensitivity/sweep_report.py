@@ -7,6 +7,7 @@ from typing import Optional
 
 from ..optional import require
 from ..quantize import atomic_write_text
+from .noise import spearman_meaning
 
 
 def _fmt(value: Optional[float], digits: int = 4, signed: bool = False) -> str:
@@ -27,17 +28,19 @@ def markdown(result: dict, topk: int = 20) -> str:
              "baseline",
              f"- baselines: float {_fmt(base.get('float', {}).get('metric'))}, all quantized "
              f"{_fmt(base.get('quantized', {}).get('metric'))}",
+             f"- noise: {noise_line(result.get('noise'))}",
              ""]
     if not result.get("complete", True):
         lines += [f"**Incomplete**: {len(result['missing'])} unit(s) have no result yet (unmerged shards?).", ""]
     impact_doc = ("metric recovered by keeping the unit float" if s["mode"] == "disable-one"
                   else "metric lost by quantizing only this unit")
     lines += [f"## Top {min(topk, len(result['entries']))} units (impact = {impact_doc})", "",
-              "| Rank | Unit | Metric | Delta | Impact | Proxy SNR (dB) | Time (s) |",
-              "|---:|---|---:|---:|---:|---:|---:|"]
+              "| Rank | Unit | Metric | Delta | Impact | Above noise | Proxy SNR (dB) | Time (s) |",
+              "|---:|---|---:|---:|---:|:---:|---:|---:|"]
     for e in result["entries"][:topk]:
+        above = {True: "yes", False: "no"}.get(e.get("significant"), "-")
         lines.append(f"| {e['rank']} | `{e['unit']}` | {_fmt(e['metric'])} | {_fmt(e['delta'], signed=True)} | "
-                     f"{_fmt(e['impact'], signed=True)} | {_fmt(e.get('proxy_snr_db'), 1)} | "
+                     f"{_fmt(e['impact'], signed=True)} | {above} | {_fmt(e.get('proxy_snr_db'), 1)} | "
                      f"{_fmt(e.get('time_s'), 2)} |")
     lines.append("")
     if result["not_evaluated"]:
@@ -46,7 +49,8 @@ def markdown(result: dict, topk: int = 20) -> str:
     if proxy is not None:
         rc = proxy["rank_correlation"]
         lines += [f"Proxy (SNR) vs metric ranking: Spearman {_fmt(rc['spearman'], 3)} over {rc['n']} unit(s), "
-                  f"top-5 overlap {rc['top5_overlap']}/5.", ""]
+                  f"top-5 overlap {rc['top5_overlap']}/5. "
+                  f"{rc.get('meaning') or spearman_meaning(rc['spearman'], rc['n'])}.", ""]
     budget = result.get("budget")
     if budget is not None:
         lines += ["## Accuracy budget", "",
@@ -62,16 +66,27 @@ def markdown(result: dict, topk: int = 20) -> str:
                           f"{'within' if v['within_budget'] else 'NOT within'} budget."]
         lines.append("")
     rec = result["recommendation"]
-    how = "budget search" if rec["source"] == "budget" else "top units with positive impact"
+    how = "budget search" if rec["source"] == "budget" else (
+        "top units with positive impact" + (" above the noise" if result.get("noise") else ""))
     lines += ["## Recommendation", "",
               f"Keep {len(rec['units'])} unit(s) float ({how}): "
-              + (", ".join(f"`{u}`" for u in rec["units"]) or "none") + ".", "",
+              + (", ".join(f"`{u}`" for u in rec["units"]) or "none") + ".", ""]
+    if rec.get("note"):
+        lines += [rec["note"][0].upper() + rec["note"][1:] + ".", ""]
+    lines += [
               "`QuantConfig.ignore` regexes:", "", "```yaml", "ignore:"]
     lines += [f"  - '{r}'" for r in rec["ignore"]] or ["  []"]
     lines += ["```", ""]
     if rec.get("config_file"):
         lines += [f"Ready config: `{rec['config_file']}` (`scripts/ptq.py --config {rec['config_file']}`).", ""]
     return "\n".join(lines)
+
+
+def noise_line(noise: Optional[dict]) -> str:
+    """How noisy the metric is, in words."""
+    if noise is None:
+        return "unknown (the metric gives no bootstrap; every positive impact is taken as real)"
+    return f"{noise['std']:.4f} ({noise['method']}); an entry is above noise when its impact exceeds it"
 
 
 def bar_chart(result: dict, path: Path, topk: int = 40) -> Path:
@@ -119,9 +134,9 @@ def write_outputs(result: dict, out_dir: Path, topk: int = 20, chart: bool = Tru
     paths = {}
     rec = result["recommendation"]
     if rec.get("config") is not None:
-        paths["config"] = write_config(rec["config"], out_dir / "sensitivity_config.yaml",
-                                       f"qdqtorch sensitivity recommendation ({rec['source']}): keeps "
-                                       f"{len(rec['units'])} unit(s) float: {', '.join(rec['units']) or 'none'}")
+        note = (f"qdqtorch sensitivity recommendation ({rec['source']}): keeps {len(rec['units'])} unit(s) float: "
+                f"{', '.join(rec['units']) or 'none'}" + (f"\n{rec['note']}" if rec.get("note") else ""))
+        paths["config"] = write_config(rec["config"], out_dir / "sensitivity_config.yaml", note)
         rec["config_file"] = str(paths["config"])
     paths["json"] = out_dir / "sensitivity.json"
     atomic_write_text(paths["json"], json.dumps(result, indent=1) + "\n")

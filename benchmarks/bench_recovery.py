@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Post-calibration recovery (qdqtorch.recovery) x placement rules x checkpoint: COCO mAP50-95 (labelled models),
+fidelity of fake quant and of the exported Q/DQ ONNX in ONNX Runtime, and recovery time.
+
+    python benchmarks/bench_recovery.py --out runs/bench_recovery
+
+Reference protocol: calibrate on 128 coco128 train images (mse), evaluate 128 val images at 640; recovery on its
+default setting. PPE YOLOv5n (2 custom classes, no labels here) gets fidelity only.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import ROOT, SHARED, machine  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=[str(SHARED / "models/yolov5n.pt"),
+                                                    str(SHARED / "models/ppe_yolov5n.pt")])
+    p.add_argument("--labelled", nargs="*", default=["yolov5n.pt"], help="model file names scored against labels")
+    p.add_argument("--repo", default=str(ROOT / "tests/fixtures/yolov5_repo"))
+    p.add_argument("--data", default=str(SHARED / "data/coco128/coco128.yaml"))
+    p.add_argument("--rules", nargs="+", default=["tensorrt", "tensorrt-int8-residual"])
+    p.add_argument("--methods", nargs="+", default=["none", "adaround"],
+                   help="none, or a recovery method (adaround, gptq, nearest = bias correction only)")
+    p.add_argument("--num-calib", type=int, default=128)
+    p.add_argument("--num-eval", type=int, default=None)
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--recover-images", type=int, default=16)
+    p.add_argument("--out", default="runs/bench_recovery")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> list:
+    from qdqtorch import QuantConfig, calibrate, quantize_model
+    from qdqtorch.data import Preprocess, calibration_loader
+    from qdqtorch.eval import EvalSet, evaluate
+    from qdqtorch.eval.fidelity import fidelity, float_reference
+    from qdqtorch.export import export_onnx
+    from qdqtorch.export.runtime import OnnxRuntimeModule
+    from qdqtorch.host_memory import reuse_freed_memory
+    from qdqtorch.models import PredictionOnly, load_model
+    from qdqtorch.recovery import recover_weights
+    from qdqtorch.rules import apply_placement, placement_from_name
+
+    rows = []
+    tmp = Path(tempfile.mkdtemp())
+    with reuse_freed_memory():
+        for model_path in args.models:
+            labelled = Path(model_path).name in args.labelled
+            loaded = load_model(model_path, repo=args.repo)
+            pp = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
+            eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval, progress=False)
+            reference = float_reference(loaded.model, eval_set, layout=loaded.layout)
+            row0 = {"model": Path(model_path).name, "method": "float"}
+            if labelled:
+                row0["map50_95"] = evaluate(loaded.model, eval_set, layout=loaded.layout).map50_95
+            rows.append(row0)
+            print(row0, flush=True)
+            sample = next(eval_set.batches(1))[1]
+            for rules in args.rules:
+                model = copy.deepcopy(loaded.model)
+                quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
+                apply_placement(model, placement_from_name(rules), sample)
+                calibrate(model, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib),
+                          method="mse", progress=False)
+                for method in args.methods:
+                    candidate = copy.deepcopy(model)
+                    row = {"model": Path(model_path).name, "rules": rules, "method": method, "seconds": 0.0}
+                    if method != "none":
+                        t0 = time.perf_counter()
+                        recover_weights(candidate, calibration_loader(args.data, pp, batch_size=16,
+                                                                      num_images=args.recover_images),
+                                        method=method, num_images=args.recover_images, progress=False)
+                        row["seconds"] = time.perf_counter() - t0
+                    row["fidelity"] = fidelity(candidate, reference).map50_95
+                    onnx_path = export_onnx(PredictionOnly(candidate, loaded.layout), sample, tmp / "m.onnx")
+                    ort = OnnxRuntimeModule(onnx_path)
+                    row["fidelity_ort"] = fidelity(ort, reference).map50_95
+                    if labelled:
+                        row["map50_95"] = evaluate(candidate, eval_set, layout=loaded.layout).map50_95
+                        row["map50_95_ort"] = evaluate(ort, eval_set, layout=loaded.layout).map50_95
+                    rows.append(row)
+                    print(row, flush=True)
+    return rows
+
+
+def table(rows: list) -> str:
+    lines = ["| model | rules | recovery | COCO mAP50-95 fake quant / ORT | fidelity fake quant | fidelity ORT | "
+             "recovery time |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        coco = (f"{r['map50_95']:.4f}" + (f" / {r['map50_95_ort']:.4f}" if "map50_95_ort" in r else "")
+                if "map50_95" in r else "-")
+        fid = f"{r['fidelity']:.3f}" if "fidelity" in r else "1 (reference)"
+        ort = f"{r['fidelity_ort']:.3f}" if "fidelity_ort" in r else "-"
+        secs = f"{r['seconds']:.0f} s" if r.get("seconds") else "-"
+        lines.append(f"| {r['model']} | {r.get('rules', '-')} | {r['method']} | {coco} | {fid} | {ort} | {secs} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    print(machine())
+    rows = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"machine": machine(), "settings": vars(args), "rows": rows},
+                                                 indent=1))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Post-calibration recovery, label-free: re-round quantized weights (AdaRound, GPTQ) and correct biases so each
+layer's output matches the float model's. Sits beside qat: uses quantize/nn, never imported by the core."""
+from .recover import LayerRecovery, RecoveryError, RecoveryReport, recover_weights
+from .rounding import ROUNDINGS
+
+__all__ = ["recover_weights", "RecoveryReport", "LayerRecovery", "RecoveryError", "ROUNDINGS"]
