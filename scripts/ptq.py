@@ -2,7 +2,8 @@
 """Post-training INT8 quantization of a YOLO detector, end to end.
 
 Replaces every Conv/Linear with a fake-quantized twin, calibrates the activation ranges on --calib-data images,
-scores COCO mAP of the float and the INT8 model on --data's val split, exports a Q/DQ ONNX that TensorRT builds as
+scores the float and the INT8 model on --data's val split (COCO mAP against its labels, and fidelity: the share of
+the float model's own detections INT8 keeps, which needs no labels), exports a Q/DQ ONNX that TensorRT builds as
 INT8, checks it, and writes a report. CPU is enough.
 
 examples:
@@ -48,8 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                              "qdqtorch .safetensors detector, or an Ultralytics model yaml "
                                              "(default, with no --data either: the embedded demo)")
     p.add_argument("--repo", default=S, help="training repository the pickle was saved from (put on the import path)")
-    p.add_argument("--data", default=S, help="Ultralytics dataset yaml or image folder with YOLO labels "
-                                            "(default, with no --model either: the embedded demo)")
+    p.add_argument("--data", default=S, help="Ultralytics dataset yaml, image folder or list file; labels are "
+                                            "optional: without them (or when the model's classes are not the "
+                                            "dataset's) the score is fidelity, the agreement with the float model's "
+                                            "own detections (default, with no --model either: the embedded demo)")
     p.add_argument("--out", default=S, help="output folder (default runs/ptq)")
     p.add_argument("--calib-data", default=S, help="calibration images: folder, list file, dataset yaml (train "
                                                   "split), .npy/.raw files (default: --data's train split)")
@@ -82,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="exit non-zero when the Q/DQ checker finds errors in the export")
     p.add_argument("--ort-eval", action="store_true", default=S, help="also score the ONNX in ONNX Runtime")
     p.add_argument("--skip-float-eval", action="store_true", default=S, help="skip the float baseline")
+    p.add_argument("--allow-empty", action="store_true", default=S,
+                   help="go on when the float model detects nothing on the evaluation images (an error otherwise: "
+                        "every figure would be meaningless)")
     p.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default pycocotools)")
     p.add_argument("--workers", type=int, default=S, help="image loading workers (default 0)")
     return p.parse_args(argv)

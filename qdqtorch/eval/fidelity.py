@@ -176,13 +176,15 @@ class FidelityResult:
                 "outputs": [o.to_dict() for o in self.outputs], "timings": self.timings}
 
 
-def outputs_line(outputs: Sequence[OutputError]) -> str:
-    """One line: SNR and cosine of every output, e.g. 'output 0 (25200x85): SNR 31.2 dB, cos 0.99963'."""
+def outputs_line(outputs: Sequence[Union[OutputError, dict]]) -> str:
+    """One line: SNR and cosine of every output (OutputErrors or their `to_dict()`, as summary.json holds them),
+    e.g. 'output 0 (25200x85): SNR 31.2 dB, cos 0.99963'."""
     parts = []
     for o in outputs:
-        snr = o.snr_db
-        parts.append(f"output {o.index} ({'x'.join(map(str, o.shape))}): SNR "
-                     f"{f'{snr:.1f} dB' if math.isfinite(snr) else 'inf'}, cos {o.cosine:.5f}")
+        d = o.to_dict() if isinstance(o, OutputError) else o
+        snr = d["snr_db"]
+        parts.append(f"output {d['output']} ({'x'.join(map(str, d['shape']))}): SNR "
+                     f"{'inf' if snr is None else f'{snr:.1f} dB'}, cos {d['cosine']:.5f}")
     return "; ".join(parts)
 
 

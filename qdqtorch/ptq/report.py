@@ -28,25 +28,55 @@ def _fmt(value: Any) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+ROWS = (("float", "float (FP32)"), ("int8", "INT8 fake quant (PyTorch)"),
+        ("int8_onnxruntime", "INT8 Q/DQ ONNX (ONNX Runtime)"))
+
+
 def result_rows(summary: Dict[str, Any]) -> List[tuple]:
-    """(name, mAP50-95, mAP50, delta vs float) for every evaluation in the summary."""
+    """(name, mAP50-95, mAP50, delta vs float, fidelity mAP50-95, fidelity mAP50) for every evaluation in the
+    summary; None where not measured (no labels, or the float row's fidelity, 1 by definition)."""
     float_map = summary.get("float", {}).get("map50_95")
+    fid = summary.get("fidelity", {})
     rows = []
-    for key, label in (("float", "float (FP32)"), ("int8", "INT8 fake quant (PyTorch)"),
-                       ("int8_onnxruntime", "INT8 Q/DQ ONNX (ONNX Runtime)")):
-        if key in summary:
-            r = summary[key]
-            delta = None if float_map is None or key == "float" else r["map50_95"] - float_map
-            rows.append((label, r["map50_95"], r["map50"], delta))
+    for key, label in ROWS:
+        if key not in summary and key not in fid and not (key == "float" and fid):
+            continue
+        r, f = summary.get(key, {}), fid.get(key, {})
+        m = r.get("map50_95")
+        delta = None if float_map is None or m is None or key == "float" else m - float_map
+        rows.append((label, m, r.get("map50"), delta, f.get("map50_95"), f.get("map50")))
     return rows
 
 
 def table(summary: Dict[str, Any]) -> str:
-    """The short results table (Markdown)."""
-    lines = ["| model | mAP50-95 | mAP50 | Δ mAP50-95 vs float |", "|---|---|---|---|"]
-    for label, m, m50, delta in result_rows(summary):
-        lines.append(f"| {label} | {_fmt(m)} | {_fmt(m50)} | {'-' if delta is None else f'{delta:+.4f}'} |")
-    return "\n".join(lines)
+    """The short results table (Markdown): COCO mAP against the labels when they mean something, fidelity (the
+    agreement with the float model's own detections) always, then one line per quantized model with its
+    whole-network error (SNR/cosine of every output tensor) and the notes that change how to read it."""
+    from ..eval.fidelity import outputs_line
+    rows = result_rows(summary)
+    with_map = any(r[1] is not None for r in rows)
+    with_fid = "fidelity" in summary
+    head = ["model"] + (["mAP50-95", "mAP50", "Δ mAP50-95 vs float"] if with_map else []) + \
+        (["fidelity mAP50-95", "fidelity mAP50"] if with_fid else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, m, m50, delta, f, f50 in rows:
+        cells = [label]
+        if with_map:
+            cells += [_fmt(m), _fmt(m50), "-" if delta is None else f"{delta:+.4f}"]
+        if with_fid:
+            cells += ["1 (reference)"] * 2 if label == ROWS[0][1] else [_fmt(f), _fmt(f50)]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = []
+    for key, label in ROWS[1:]:
+        outputs = summary.get("fidelity", {}).get(key, {}).get("outputs")
+        if outputs:
+            notes.append(f"whole-network error of {label} vs float: {outputs_line(outputs)}")
+    if summary.get("model", {}).get("trained") is False:
+        notes.append("WARNING: the model has random weights (built from a yaml): every figure above is noise")
+    score = summary.get("data", {}).get("score", "")
+    if score.startswith("fidelity"):
+        notes.append(f"scored by {score}: no mAP against labels is reported")
+    return "\n".join(lines + [f"- {n}" for n in notes])
 
 
 # what each top-level key of summary.json holds (also written into it, under "fields", and at the end of report.md)
@@ -54,8 +84,14 @@ SUMMARY_FIELDS = {
     "note": "what this run is, when the settings say (e.g. the embedded demo and how small its data is)",
     "settings": "every PTQ setting of the run (scripts/ptq.py options / PTQSettings fields); rerun with --config",
     "versions": "Python, torch, qdqtorch and the optional packages used",
-    "model": "where the model came from, its output layout (yolov5 or ultralytics), class count and max stride",
-    "data": "evaluation and calibration sources, image counts and the number of ground-truth boxes",
+    "model": "where the model came from, its output layout (yolov5 or ultralytics), class count and names, max "
+             "stride, and trained (false: built from a yaml with random weights, every figure is noise)",
+    "data": "evaluation and calibration sources, image counts, whether the evaluation images have labels "
+            "(labelled) and their ground-truth boxes, how the run is scored (score: COCO mAP against the labels, or "
+            "fidelity alone when there are no labels or the model's classes are not the dataset's), and the "
+            "float reference of fidelity (fidelity_reference: its settings and the float detections it holds)",
+    "warnings": "every warning the run gave (random weights, classes not the dataset's, dead or tiny activation "
+                "ranges, calibration inputs out of range, calibrating on the evaluation images, ...)",
     "float": "COCO metrics of the float model: map50_95 (mAP@[.50:.95]), map50, per-class AP (per_class, "
              "per_class_ap50), image and detection counts, inference/NMS/scoring seconds, the evaluation settings",
     "quantization": "the QuantConfig used, layers replaced / kept float (with the pattern that matched), and the "
@@ -65,8 +101,14 @@ SUMMARY_FIELDS = {
     "qdq_check": "the Q/DQ checker on that ONNX: errors (TensorRT would not build it as INT8 as intended), warnings "
                  "(slower or less accurate placements), node counts",
     "int8_onnxruntime": "COCO metrics of the exported ONNX run in ONNX Runtime (with --ort-eval)",
+    "fidelity": "label-free score of each quantized model against the float model's own detections (float boxes "
+                "at conf >= 0.25, NMS IoU 0.45, as ground truth; the candidate's at conf >= 0.001), COCO protocol: "
+                "int8 (fake quant) and int8_onnxruntime (with --ort-eval), each with map50_95, map50 (1.0 = the "
+                "float model's detections exactly), the reference box count, and outputs: SNR (dB) and cosine of "
+                "every output tensor against float on the first images (the whole-network error)",
     "recovery": "label-free weight re-rounding after calibration (--recover): method, images, seconds, skipped layers",
-    "timings": "seconds per stage: load, eval_set, float_eval, calibrate, recover, int8_eval, export, ort_eval",
+    "timings": "seconds per stage: load, eval_set, float_reference, float_eval, calibrate, recover, int8_eval, "
+               "int8_eval_fidelity, export, ort_eval, ort_eval_fidelity",
     "fields": "this explanation of the keys",
 }
 
@@ -80,13 +122,16 @@ def write_reports(summary: Dict[str, Any], out: Path) -> None:
     lines = [f"# PTQ report: {s['model']}", ""] + ([f"> {summary['note']}", ""] if summary.get("note") else []) + [
              table(summary), "",
              "mAP50-95 is COCO's mean average precision over IoU 0.50:0.95 (mAP50: at IoU 0.50); Δ is the change "
-             "against the float model on the same images.", "",
-             f"- data: {summary['data'].get('eval')} ({summary['data'].get('eval_images')} eval images, "
-             f"{summary['data'].get('calib_images')} calibration images from {summary['data'].get('calib')})",
-             f"- calibration: activations `{s['calib_method']}`"
-             + (f" (percentile {s['percentile']})" if s["calib_method"] == "percentile" else "")
-             + f", weights `{s['weight_method']}`, imgsz {s['imgsz']}, batch {s['batch']}, device {s['device']}",
-             f"- layers quantized: {len(quant.get('replaced', []))}, kept float: {len(quant.get('ignored', []))}"]
+             "against the float model on the same images. Fidelity scores the same way against the float model's "
+             "own detections instead of labels: 1 means INT8 finds exactly what float finds.", ""]
+    lines += [f"- WARNING: {w}" for w in summary.get("warnings", [])]
+    lines += [f"- data: {summary['data'].get('eval')} ({summary['data'].get('eval_images')} eval images, "
+              f"{summary['data'].get('calib_images')} calibration images from {summary['data'].get('calib')}); "
+              f"score: {summary['data'].get('score', '-')}",
+              f"- calibration: activations `{s['calib_method']}`"
+              + (f" (percentile {s['percentile']})" if s["calib_method"] == "percentile" else "")
+              + f", weights `{s['weight_method']}`, imgsz {s['imgsz']}, batch {s['batch']}, device {s['device']}",
+              f"- layers quantized: {len(quant.get('replaced', []))}, kept float: {len(quant.get('ignored', []))}"]
     for name, cls, pattern in quant.get("ignored", []):
         lines.append(f"  - `{name}` ({cls}) matched `{pattern}`")
     for pattern, near in quant.get("unmatched_ignore", {}).items():

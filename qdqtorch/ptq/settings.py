@@ -47,6 +47,7 @@ class PTQSettings:
     check: bool = False                       # fail on Q/DQ checker errors
     ort_eval: bool = False                    # score the exported ONNX with ONNX Runtime too
     skip_float_eval: bool = False
+    allow_empty: bool = False                 # go on when the float model detects nothing on the evaluation images
     conf_thres: float = 0.001
     iou_thres: float = 0.65
     max_det: int = 300

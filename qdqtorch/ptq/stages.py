@@ -1,13 +1,16 @@
 """The PTQ stages over one shared value: prepare -> calibrate -> evaluate -> export -> report.
 
-`prepare` loads the float model, caches the evaluation images, builds the QuantConfig, quantizes and applies the
-placement; every later stage works on the `Prepared` it returns and records its numbers and seconds in it, so `report`
-writes exactly what ran. `qdqtorch.pipeline.run_ptq` composes them; the sensitivity session and the benchmarks call
+`prepare` loads the float model, caches the evaluation images, takes the float reference of fidelity (the float
+model's own detections: the score that needs no labels), builds the QuantConfig, quantizes and applies the
+placement; every later stage works on the `Prepared` it returns and records its numbers, seconds and warnings in it,
+so `report` writes exactly what ran. The sanity checks (random weights, classes not the dataset's, a float model
+that detects nothing, dead or wrongly scaled calibration inputs, calibrating on the evaluation images) run here. `qdqtorch.pipeline.run_ptq` composes them; the sensitivity session and the benchmarks call
 the same stages.
 """
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -43,6 +46,8 @@ class Prepared:
     config: Optional[QuantConfig] = None
     quant_report: Optional[QuantReport] = None
     placement_report: Optional[Any] = None  # qdqtorch.rules.RulesReport when a placement was applied
+    reference: Optional[Any] = None        # qdqtorch.eval.FidelityReference: the float detections, taken once
+    mismatch: Optional[str] = None         # why the model's classes are not the dataset's (then: fidelity only)
     summary: Dict[str, Any] = field(default_factory=dict)   # summary.json so far (keys of SUMMARY_FIELDS)
     timings: Dict[str, float] = field(default_factory=dict)  # seconds per stage
 
@@ -50,6 +55,17 @@ class Prepared:
     def layout(self) -> Optional[str]:
         """The detector's output layout (yolov5 / ultralytics), None for a 'module:function' model."""
         return self.loaded.layout if self.loaded is not None else None
+
+    @property
+    def labels_meaningful(self) -> bool:
+        """True when mAP against the evaluation labels means something: labels exist and name the model's
+        classes. Otherwise the run is scored by fidelity alone."""
+        return self.eval_set is not None and self.eval_set.labelled and self.mismatch is None
+
+    def warn(self, message: str) -> None:
+        """Issue a `warning:` and keep it for summary.json / report.md."""
+        warnings.warn(message, stacklevel=3)
+        self.summary.setdefault("warnings", []).append(message)
 
     @property
     def default_ignore(self) -> List[str]:
@@ -90,24 +106,66 @@ def quantize(model: nn.Module, settings: PTQSettings, default_ignore: Sequence[s
 
 
 def eval_set_for(settings: PTQSettings, preprocess: Preprocess, names: Optional[List[str]], progress: bool = True):
-    """The evaluation images of a run (settings.data: a dataset yaml's eval split or a YOLO folder), decoded once."""
+    """The evaluation images of a run (settings.data: a dataset yaml's eval split, an image folder or list file,
+    with YOLO labels or without: then the set is unlabelled and scored by fidelity), decoded once."""
     from ..eval import EvalSet
     data = Path(settings.data)
     if not data.exists():
         raise FileNotFoundError(f"dataset {settings.data!r} not found: pass --data with a local Ultralytics dataset "
-                                "yaml (e.g. ../shared/data/coco128/coco128.yaml) or an image folder with YOLO labels; "
-                                "nothing is downloaded")
-    if data.suffix in (".yaml", ".yml"):
-        return EvalSet.from_yaml(data, settings.eval_split, preprocess, num_images=settings.num_eval,
-                                 workers=settings.workers, progress=progress)
-    return EvalSet.from_yolo(data, preprocess, names=names, num_images=settings.num_eval, workers=settings.workers,
-                             progress=progress)
+                                "yaml (e.g. ../shared/data/coco128/coco128.yaml), an image folder or a list file "
+                                "(labels optional); nothing is downloaded")
+    return EvalSet.from_source(data, preprocess, names=names, split=settings.eval_split,
+                               num_images=settings.num_eval, workers=settings.workers, progress=progress)
+
+
+def check_labels(prep: Prepared, log=print) -> None:
+    """Decide how the run is scored: mAP against the labels when they exist and name the model's classes, else
+    fidelity alone (one `warning:` naming both sets of class names when they differ)."""
+    from ..eval import class_mismatch
+    es, data = prep.eval_set, prep.summary.setdefault("data", {})
+    if es is None:
+        return
+    if not es.labelled:
+        data["score"] = "fidelity (the evaluation images have no labels)"
+        log(f"{prep.settings.data}: no labels found, so the score is fidelity (agreement with the float model's own "
+            f"detections)")
+        return
+    if prep.loaded is not None:
+        prep.mismatch = class_mismatch(prep.loaded.names, es.names, data=prep.settings.data)
+    if prep.mismatch is not None:
+        prep.warn(prep.mismatch)
+        data["score"] = "fidelity (the model's classes are not the dataset's)"
+    else:
+        data["score"] = "COCO mAP against the labels, and fidelity"
+
+
+def take_reference(prep: Prepared, *, outputs: int = 8, progress: bool = True) -> None:
+    """The float model's detections on the evaluation images as fidelity's ground truth (and its outputs on the
+    first `outputs` images, for the per-output SNR/cosine), taken once before quantizing. A float model that
+    detects nothing at all is an error unless settings.allow_empty: every figure would be meaningless."""
+    from ..eval import float_reference
+    from ..quantize import disable_quantization
+    s = prep.settings
+    if prep.eval_set is None or prep.loaded is None:
+        return
+    t0 = time.perf_counter()
+    with disable_quantization(prep.model):     # a no-op before quantize(); float again if called after it
+        prep.reference = float_reference(prep.model, prep.eval_set, layout=prep.loaded.layout, batch_size=s.batch,
+                                         names=prep.loaded.names, output_images=outputs,
+                                         allow_empty=s.allow_empty, progress=progress)
+    prep.timings["float_reference"] = time.perf_counter() - t0
+    prep.summary.setdefault("data", {})["fidelity_reference"] = prep.reference.describe()
+    if prep.reference.num_boxes == 0:
+        prep.warn(f"the float model detects nothing on the {len(prep.eval_set)} evaluation images of {s.data} "
+                  f"(--allow-empty): fidelity cannot be scored and mAP is meaningless; check the model, the images "
+                  f"and the preprocessing")
 
 
 def prepare(settings: PTQSettings, *, with_eval_set: bool = True, evaluate_float: bool = False,
-            progress: bool = True, log=print) -> Prepared:
-    """Load the float model, cache the evaluation images (`with_eval_set`), score the float model
-    (`evaluate_float`), then quantize and apply the placement (traced on the first evaluation image)."""
+            reference_outputs: int = 8, progress: bool = True, log=print) -> Prepared:
+    """Load the float model, cache the evaluation images (`with_eval_set`) and decide how they score (labels or
+    fidelity), take the float reference of fidelity (keeping `reference_outputs` images' raw outputs), score the
+    float model (`evaluate_float`), then quantize and apply the placement (traced on the first evaluation image)."""
     t0 = time.perf_counter()
     model, loaded = load_float(settings)
     stride = loaded.stride if loaded is not None else 32
@@ -119,7 +177,10 @@ def prepare(settings: PTQSettings, *, with_eval_set: bool = True, evaluate_float
         prep.summary["note"] = settings.note
     if loaded is not None:
         prep.summary["model"] = {"source": loaded.source, "layout": loaded.layout, "classes": loaded.num_classes,
-                                 "stride": loaded.stride}
+                                 "names": list(loaded.names), "stride": loaded.stride, "trained": loaded.trained}
+        untrained = loaded.untrained_warning()
+        if untrained:
+            prep.warn(untrained)
     if with_eval_set:
         if loaded is None:
             raise ValueError(f"--model {settings.model}: COCO evaluation needs a YOLO detector checkpoint")
@@ -127,7 +188,10 @@ def prepare(settings: PTQSettings, *, with_eval_set: bool = True, evaluate_float
         prep.eval_set = eval_set_for(settings, prep.preprocess, loaded.names, progress)
         prep.timings["eval_set"] = time.perf_counter() - t0
         prep.summary["data"] = {"eval": settings.data, "eval_split": settings.eval_split,
-                                "eval_images": len(prep.eval_set), "eval_boxes": prep.eval_set.num_annotations}
+                                "eval_images": len(prep.eval_set), "labelled": prep.eval_set.labelled,
+                                "eval_boxes": prep.eval_set.num_annotations if prep.eval_set.labelled else None}
+        check_labels(prep, log)
+        take_reference(prep, outputs=reference_outputs, progress=progress)
         if evaluate_float:
             evaluate(prep, "float", progress=progress, log=log)
         prep.sample = next(prep.eval_set.batches(1, settings.device))[1]
@@ -170,13 +234,58 @@ def calibration_kwargs(settings: PTQSettings) -> Dict[str, Any]:
                 percentile=settings.percentile)
 
 
+class _FirstBatchChecked:
+    """Iterates `data` unchanged, calling `check` on the first batch of the first pass (no extra loading)."""
+
+    def __init__(self, data: Iterable, check) -> None:
+        self.data, self.check, self.checked = data, check, False
+
+    def __iter__(self):
+        for batch in self.data:
+            if not self.checked:
+                self.checked = True
+                self.check(batch)
+            yield batch
+
+
+class _SizedFirstBatchChecked(_FirstBatchChecked):
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+
+def _check_calibration_sources(prep: Prepared, data: Any) -> None:
+    """Warn when calibration images are evaluation images (the calibration flatters the INT8 score)."""
+    from ..data.checks import check_distinct
+    files = getattr(getattr(data, "dataset", None), "files", None)
+    if prep.eval_set is None or not files:
+        return
+    message = check_distinct(files[:getattr(data, "num_images", len(files))], prep.eval_set.paths, warn=False)
+    if message:
+        prep.warn(message)
+
+
 def calibrate(prep: Prepared, data: Optional[Iterable] = None, *, progress: bool = True) -> None:
-    """Calibrate the prepared model on `data` (default: `calibration_data` of the settings)."""
+    """Calibrate the prepared model on `data` (default: `calibration_data` of the settings), with the sanity
+    checks: calibration images that are evaluation images, inputs outside the preprocessing's range (first batch),
+    and activation ranges (amax) of 0 or vanishingly small afterwards, each a `warning:` naming what to check."""
+    from ..data.checks import check_input_range
+    from ..quantize.checks import check_amax
     s = prep.settings
     data = calibration_data(s, prep.preprocess) if data is None else data
+    _check_calibration_sources(prep, data)
+
+    def check_range(batch: Any) -> None:
+        source = f"the calibration data ({s.calib_data or s.data})"
+        message = check_input_range([batch], prep.preprocess, source, warn=False)
+        if message:
+            prep.warn(message)
+
+    checked = (_SizedFirstBatchChecked if hasattr(data, "__len__") else _FirstBatchChecked)(data, check_range)
     t0 = time.perf_counter()
-    calibrate_model(prep.model, data, progress=progress, **calibration_kwargs(s))
+    calibrate_model(prep.model, checked, progress=progress, **calibration_kwargs(s))
     prep.timings["calibrate"] = time.perf_counter() - t0
+    for message in check_amax(prep.model, warn=False):
+        prep.warn(message)
     images = getattr(data, "num_images", None)
     if images is None and isinstance(data, (list, tuple)):
         images = sum(samples_in(b) for b in data)
@@ -216,16 +325,29 @@ def eval_kwargs(prep: Prepared, progress: bool = True) -> Dict[str, Any]:
 def evaluate(prep: Prepared, key: str = "int8", model: Optional[nn.Module] = None, *, progress: bool = True,
              log=print):
     """Score `model` (default: the prepared model) on the cached evaluation images and record it as `key` (float,
-    int8 or int8_onnxruntime) in the summary; returns the EvalResult."""
+    int8 or int8_onnxruntime) in the summary: COCO mAP when the labels mean something (`labels_meaningful`), and
+    for a quantized model always its fidelity against the float reference (summary["fidelity"][key], with the
+    SNR/cosine of every output tensor). Returns the EvalResult, or None when the run is scored by fidelity alone."""
     from ..eval import evaluate as evaluate_model
+    from ..eval import fidelity
     if prep.eval_set is None:
         raise ValueError("evaluate: prepare() was called with_eval_set=False")
     timing, label = EVALUATIONS[key]
-    t0 = time.perf_counter()
-    result = evaluate_model(prep.model if model is None else model, prep.eval_set, **eval_kwargs(prep, progress))
-    prep.timings[timing] = time.perf_counter() - t0
-    prep.summary[key] = result.to_dict()
-    log(f"{label}: {result}")
+    model = prep.model if model is None else model
+    result = None
+    if prep.labels_meaningful:
+        t0 = time.perf_counter()
+        result = evaluate_model(model, prep.eval_set, **eval_kwargs(prep, progress))
+        prep.timings[timing] = time.perf_counter() - t0
+        prep.summary[key] = result.to_dict()
+        log(f"{label}: {result}")
+    if key != "float" and prep.reference is not None and prep.reference.num_boxes:
+        t0 = time.perf_counter()
+        fid = fidelity(model, prep.reference, batch_size=prep.settings.batch, scorer=prep.settings.scorer,
+                       progress=progress)
+        prep.timings[f"{timing}_fidelity"] = time.perf_counter() - t0
+        prep.summary.setdefault("fidelity", {})[key] = fid.to_dict()
+        log(f"{label}: {fid}")
     return result
 
 
