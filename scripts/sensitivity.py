@@ -58,14 +58,19 @@ def run_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu; cuda:LOCAL_RANK under torchrun)")
     g.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default fast)")
     g.add_argument("--workers", type=int, default=S)
+    g.add_argument("--allow-empty", action="store_true", default=S,
+                   help="go on when the float model detects nothing on the evaluation images (an error otherwise)")
     g.add_argument("--calibration", help="load this calibration file (from save_calibration) instead of calibrating")
     g.add_argument("--calib-distributed", action="store_true",
                    help="under torchrun, every rank calibrates on its share of the images and statistics are "
                         "all-reduced (default: rank 0 calibrates and broadcasts amax)")
     s = p.add_argument_group("sweep")
     s.add_argument("--out", default="runs/sensitivity", help="output folder (default runs/sensitivity)")
-    s.add_argument("--metric", default="map50_95", help="map50_95 (default), map50, or 'module:function' taking "
-                                                        "the model and returning a float")
+    s.add_argument("--metric", default="map50_95",
+                   help="map50_95 (default: COCO mAP against the labels), map50, fidelity (agreement with the float "
+                        "model's own detections, mAP50-95; no labels needed), fidelity_map50, or 'module:function' "
+                        "taking the model and returning a float. COCO mAP switches to fidelity by itself when the "
+                        "images have no labels or the model's classes are not the dataset's")
     s.add_argument("--lower-is-better", action="store_true", help="for a custom metric such as a loss")
     s.add_argument("--mode", choices=["disable-one", "enable-one"], default="disable-one")
     s.add_argument("--unit", choices=["quantizer", "layer", "block"], default="layer")
@@ -105,10 +110,21 @@ def merge_parser() -> argparse.ArgumentParser:
 
 def _summary(result: dict) -> str:
     base = result["baselines"]
-    lines = [f"float {base.get('float', {}).get('metric', float('nan')):.4f}, all quantized "
-             f"{base.get('quantized', {}).get('metric', float('nan')):.4f}; most sensitive:"]
-    lines += [f"  {e['rank']:>3}. {e['unit']:<40} impact {e['impact']:+.4f}" for e in result["entries"][:5]
-              if e["impact"] is not None]
+    noise = result.get("noise")
+    lines = [f"metric {result['settings'].get('metric')}: float {base.get('float', {}).get('metric', float('nan')):.4f}, "
+             f"all quantized {base.get('quantized', {}).get('metric', float('nan')):.4f}; noise (bootstrap std over "
+             f"the images) {'unknown' if noise is None else format(noise['std'], '.4f')}; most sensitive:"]
+    lines += [f"  {e['rank']:>3}. {e['unit']:<40} impact {e['impact']:+.4f}"
+              + ("" if e.get("significant") is None else "" if e["significant"] else "  (within the noise)")
+              for e in result["entries"][:5] if e["impact"] is not None]
+    rec = result.get("recommendation", {})
+    if rec.get("note"):
+        lines.append(f"recommendation: {rec['note']}")
+    elif "budget" not in result:
+        lines.append(f"recommendation: keep float {rec.get('units', [])}")
+    meaning = result.get("proxy", {}).get("rank_correlation", {}).get("meaning") if result.get("proxy") else None
+    if meaning:
+        lines.append(f"proxy: {meaning}")
     if "budget" in result:
         v = result["budget"]["verification"]
         lines.append(f"budget: keep {result['budget']['selected']} float -> {v['metric']:.4f} (gap {v['gap']:+.4f}, "

@@ -28,6 +28,8 @@ from ..user_code import import_callable, is_callable_spec
 from .report import versions, write_reports
 from .settings import PTQSettings
 
+FEW_REFERENCE_BOXES = 10   # fewer float detections than this: fidelity can only tell large changes
+
 # summary key -> (timings key, log label) of each evaluation a PTQ run makes
 EVALUATIONS = {"float": ("float_eval", "float"), "int8": ("int8_eval", "int8 (fake quant)"),
                "int8_onnxruntime": ("ort_eval", "int8 (onnxruntime)")}
@@ -155,6 +157,10 @@ def take_reference(prep: Prepared, *, outputs: int = 8, progress: bool = True) -
                                          allow_empty=s.allow_empty, progress=progress)
     prep.timings["float_reference"] = time.perf_counter() - t0
     prep.summary.setdefault("data", {})["fidelity_reference"] = prep.reference.describe()
+    if 0 < prep.reference.num_boxes < FEW_REFERENCE_BOXES:
+        prep.warn(f"the float model detects only {prep.reference.num_boxes} boxes on the {len(prep.eval_set)} "
+                  f"evaluation images of {s.data}: fidelity rests on so few that it can only tell large changes; "
+                  f"evaluate on more images, or on images of the model's own domain")
     if prep.reference.num_boxes == 0:
         prep.warn(f"the float model detects nothing on the {len(prep.eval_set)} evaluation images of {s.data} "
                   f"(--allow-empty): fidelity cannot be scored and mAP is meaningless; check the model, the images "

@@ -21,6 +21,7 @@ from ..quantize import load_calibration, save_calibration
 from ..user_code import import_callable, is_callable_spec
 from . import distributed as D
 from .coco_metric import COCO_KEYS, CocoMetric
+from .fidelity_metric import FIDELITY_METRICS, FidelityMetric, sweep_metric_name
 from .fingerprint import json_fingerprint
 from .metric import Metric
 from .runner import SweepSettings, run_sensitivity
@@ -124,19 +125,30 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
                   calibration: Optional[str] = None, calib_distributed: bool = False,
                   higher_is_better: bool = True, progress: bool = True) -> Session:
     """The `prepare` stage, then calibrate (or reuse the calibration saved in `out_dir` for the same settings), and
-    the metric (COCO on the prepared, cached EvalSet, or 'module:function')."""
+    the metric: COCO mAP on the prepared, cached EvalSet; fidelity against the float model's own detections (chosen
+    instead of COCO mAP when the images have no labels or the model's classes are not the dataset's); or
+    'module:function'."""
     rank, _ = D.rank_and_world()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    coco = metric in COCO_KEYS
-    if coco and is_callable_spec(settings.model):
+    requested = metric
+    detector = metric in COCO_KEYS or metric in FIDELITY_METRICS
+    if detector and is_callable_spec(settings.model):
         raise ValueError(f"--metric {metric} needs a YOLO detector checkpoint; for a '--model module:function' "
                          "model pass --metric module:function")
-    prep = prepare(settings, with_eval_set=coco, progress=progress and rank == 0)
-    if coco:
+    prep = prepare(settings, with_eval_set=detector, reference_outputs=0, progress=progress and rank == 0)
+    if detector:
+        metric = sweep_metric_name(metric, labelled=prep.eval_set.labelled, mismatch=prep.mismatch)
+    if metric in COCO_KEYS:
         the_metric: Metric = CocoMetric(prep.eval_set, str(prep.layout), metric, scorer=settings.scorer,
                                         batch_size=settings.batch, conf_thres=settings.conf_thres,
                                         iou_thres=settings.iou_thres, max_det=settings.max_det, data=settings.data)
+    elif metric in FIDELITY_METRICS:
+        if prep.reference is None or not prep.reference.num_boxes:
+            raise ValueError(f"--metric {metric}: the float model detects nothing on {settings.data}, so there is "
+                             "nothing to agree with; check the model, the images and the preprocessing")
+        the_metric = FidelityMetric(prep.reference, FIDELITY_METRICS[metric], batch_size=settings.batch,
+                                    data=settings.data)
     else:
         fn = import_callable(metric, "--metric")
         the_metric = Metric(fn, metric, higher_is_better, {"metric": metric, "summary": f"custom metric {metric}"})
@@ -162,7 +174,8 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
                    extra_settings={"ptq": settings.to_dict(), "calibration": {
                        "method": settings.calib_method, "weight_method": settings.weight_method,
                        "num_calib": settings.num_calib, "file": cal_file.name},
-                       "proxy_images": proxy_images},
+                       "proxy_images": proxy_images, "metric_requested": requested,
+                       "warnings": prep.summary.get("warnings", [])},
                    verify_factory=verify_factory, calibration_file=cal_file, calibration_note=how)
 
 
