@@ -1,4 +1,5 @@
 """Model loading: checkpoints (training-repository pickles, Ultralytics) to float32 detectors with output metadata."""
+from .export_metadata import ultralytics_metadata
 from .errors import ModelLoadError, ModelNotFoundError
 from .fold import fold_batchnorm
 from .load import load_model
@@ -7,4 +8,5 @@ from .safetensors_loader import save_detector
 from .outputs import LAYOUTS, ULTRALYTICS, YOLOV5, PredictionOnly, select_predictions
 
 __all__ = ["LAYOUTS", "ULTRALYTICS", "YOLOV5", "LoadedModel", "ModelLoadError", "ModelNotFoundError",
-           "PredictionOnly", "fold_batchnorm", "load_model", "save_detector", "select_predictions"]
+           "PredictionOnly", "fold_batchnorm", "load_model", "save_detector", "select_predictions",
+           "ultralytics_metadata"]

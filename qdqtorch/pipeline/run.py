@@ -123,15 +123,17 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     log(f"int8 (fake quant): {result}")
 
     if settings.export:
-        from ..export import check_qdq, export_onnx
+        from ..export import check_qdq, export_onnx, onnx_opset
+        from ..models import ultralytics_metadata
         onnx_path = out / "model.qdq.onnx"
         t0 = time.perf_counter()
-        export_onnx(PredictionOnly(model, layout), sample, onnx_path, opset=settings.opset,
-                    metadata={"stride": loaded.stride, "names": dict(enumerate(loaded.names)), "task": "detect",
-                              "imgsz": [settings.imgsz, settings.imgsz], "batch": 1,
-                              "description": f"qdqtorch {__version__} Q/DQ INT8 export of {settings.model}"})
+        export_onnx(PredictionOnly(model, layout), sample[:1], onnx_path, opset=settings.opset,
+                    dynamic_batch=settings.onnx_shape == "dynamic-batch",
+                    metadata=ultralytics_metadata(loaded, preprocess.hw, f"qdqtorch {__version__} Q/DQ INT8 export "
+                                                  f"of {settings.model}"))
         timings["export"] = time.perf_counter() - t0
         summary["onnx"] = str(onnx_path)
+        summary["onnx_graph"] = {"shape": settings.onnx_shape, "opset": onnx_opset(onnx_path)}
         # layers kept float on purpose are warnings, not errors; ONNX node names join module levels with / or .
         allow_float = [f"*{name.replace('.', '[./]')}/*" for name, _, _ in report.ignored]
         summary["qdq_check"] = check_qdq(onnx_path, allow_float=allow_float).to_dict()
