@@ -77,8 +77,8 @@ def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple
     if _references_ultralytics(path):
         model, note = load_ultralytics(str(path), f"checkpoint {spec}")
         return model, f"ultralytics:{path.resolve()}{note}"
-    model = load_repo_pickle(path, repo)
-    where = f" (repo {Path(repo).resolve()})" if repo is not None else ""
+    model, packaged = load_repo_pickle(path, repo)
+    where = f" (repo {Path(repo).resolve()})" if repo is not None else " (pip package yolov5)" if packaged else ""
     return model, f"repo-pickle:{path.resolve()}{where}"
 
 
