@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="TensorRT Q/DQ placement rules: tensorrt (residual shortcuts float, the accurate default) or "
                           "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; -0.010 mAP50-95 on YOLOv5n)")
     p.add_argument("--fold-bn", action="store_true", default=S, help="fold BatchNorm into convs before quantizing")
+    p.add_argument("--no-fuse-reparam", dest="fuse_reparam", action="store_false", default=S,
+                   help="keep RepConv blocks in their training form (for QAT); default: fused into the one conv "
+                        "TensorRT deploys")
     p.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu)")
     p.add_argument("--opset", type=int, default=S,
                    help="ONNX opset (default: the lowest >= 13 with every operator the model uses)")

@@ -4,9 +4,10 @@ from .errors import ModelLoadError, ModelNotFoundError
 from .fold import fold_batchnorm
 from .load import load_model
 from .loaded import LoadedModel
+from .reparam import fuse_reparameterizable
 from .safetensors_loader import save_detector
 from .outputs import LAYOUTS, ULTRALYTICS, YOLOV5, PredictionOnly, select_predictions
 
 __all__ = ["LAYOUTS", "ULTRALYTICS", "YOLOV5", "LoadedModel", "ModelLoadError", "ModelNotFoundError",
-           "PredictionOnly", "fold_batchnorm", "load_model", "save_detector", "select_predictions",
+           "PredictionOnly", "fold_batchnorm", "fuse_reparameterizable", "load_model", "save_detector", "select_predictions",
            "ultralytics_metadata"]

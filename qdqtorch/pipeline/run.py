@@ -79,7 +79,8 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
         summary["note"] = settings.note
 
     t0 = time.perf_counter()
-    loaded = load_model(settings.model, repo=settings.repo, device=settings.device, fuse_bn=settings.fold_bn)
+    loaded = load_model(settings.model, repo=settings.repo, device=settings.device, fuse_bn=settings.fold_bn,
+                        fuse_reparam=settings.fuse_reparam)
     model, layout = loaded.model, loaded.layout
     timings["load"] = time.perf_counter() - t0
     summary["model"] = {"source": loaded.source, "layout": layout, "classes": loaded.num_classes,

@@ -43,6 +43,7 @@ class PTQSettings:
     ignore: List[str] = field(default_factory=list)
     rules: Optional[str] = None               # "tensorrt" / "tensorrt-int8-residual": TensorRT placement rules
     fold_bn: bool = False
+    fuse_reparam: bool = True                 # RepConv blocks as deployed (one conv); False: training form (QAT)
     device: str = "cpu"
     export: bool = True
     opset: Optional[int] = None               # None: the lowest opset >= 13 with every operator the model uses
