@@ -14,7 +14,8 @@ from qdqtorch.export.onnx_export import ExportError
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("transformer_encoder", REPO_ROOT / "examples" / "transformer_encoder.py")
+    path = REPO_ROOT / "examples" / "transformer_encoder.py"
+    spec = importlib.util.spec_from_file_location("transformer_encoder", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -9,5 +9,5 @@ from .safetensors_loader import save_detector
 from .outputs import LAYOUTS, ULTRALYTICS, YOLOV5, PredictionOnly, select_predictions
 
 __all__ = ["LAYOUTS", "ULTRALYTICS", "YOLOV5", "LoadedModel", "ModelLoadError", "ModelNotFoundError",
-           "PredictionOnly", "fold_batchnorm", "fuse_reparameterizable", "load_model", "save_detector", "select_predictions",
-           "ultralytics_metadata"]
+           "PredictionOnly", "fold_batchnorm", "fuse_reparameterizable", "load_model", "save_detector",
+           "select_predictions", "ultralytics_metadata"]
