@@ -30,6 +30,7 @@ from qdqtorch.calib import AMAX_METHODS, WEIGHT_METHODS  # noqa: E402
 from qdqtorch.pipeline import PTQSettings, run_ptq, table  # noqa: E402
 from qdqtorch.pipeline.cli import run_cli  # noqa: E402
 from qdqtorch.rules import PLACEMENTS  # noqa: E402
+from qdqtorch.ptq.settings import ONNX_SHAPES  # noqa: E402
 
 S = argparse.SUPPRESS  # options left out keep the --config file's value (or the default)
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
@@ -75,8 +76,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; "
                           "-0.010 mAP50-95 on YOLOv5n)")
     p.add_argument("--fold-bn", action="store_true", default=S, help="fold BatchNorm into convs before quantizing")
+    p.add_argument("--no-fuse-reparam", dest="fuse_reparam", action="store_false", default=S,
+                   help="keep RepConv blocks in their training form (for QAT); default: fused into the one conv "
+                        "TensorRT deploys")
     p.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu)")
-    p.add_argument("--opset", type=int, default=S, help="ONNX opset (default 13)")
+    p.add_argument("--opset", type=int, default=S,
+                   help="ONNX opset (default: the lowest >= 13 with every operator the model uses)")
+    p.add_argument("--onnx-shape", choices=ONNX_SHAPES, default=S,
+                   help="static (default): batch 1 at imgsz, which Ultralytics' YOLO('model.qdq.onnx') predict/val "
+                        "and a static TensorRT engine run; dynamic-batch: symbolic batch (a TensorRT profile)")
     p.add_argument("--no-export", dest="export", action="store_false", default=S, help="skip the ONNX export")
     p.add_argument("--check", action="store_true", default=S,
                    help="exit non-zero when the Q/DQ checker finds errors in the export")

@@ -12,6 +12,7 @@ from .describe import class_names, find_head, float_by_default, max_stride
 from .errors import ModelLoadError, ModelNotFoundError
 from .fold import fold_batchnorm
 from .loaded import LoadedModel
+from .reparam import fuse_reparameterizable
 from .repo_pickle import load_repo_pickle
 from .safetensors_loader import load_detector, read_metadata
 from .ultralytics_loader import load_ultralytics
@@ -77,13 +78,13 @@ def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple
     if _references_ultralytics(path):
         model, note = load_ultralytics(str(path), f"checkpoint {spec}")
         return model, f"ultralytics:{path.resolve()}{note}"
-    model = load_repo_pickle(path, repo)
-    where = f" (repo {Path(repo).resolve()})" if repo is not None else ""
+    model, packaged = load_repo_pickle(path, repo)
+    where = f" (repo {Path(repo).resolve()})" if repo is not None else " (pip package yolov5)" if packaged else ""
     return model, f"repo-pickle:{path.resolve()}{where}"
 
 
 def load_model(spec: str | Path | nn.Module, *, repo: str | Path | None = None, device: str | torch.device = "cpu",
-               fuse_bn: bool = False) -> LoadedModel:
+               fuse_bn: bool = False, fuse_reparam: bool = True) -> LoadedModel:
     """Load a detector as float32, eval mode, frozen, with its output layout, class names and stride.
 
     `spec` is a checkpoint path (a training-repository whole-model pickle such as YOLOv5/YOLOv7 `best.pt`, with
@@ -92,11 +93,17 @@ def load_model(spec: str | Path | nn.Module, *, repo: str | Path | None = None, 
     written by `qdqtorch.models.save_detector` (weights + architecture, no pickle), or an nn.Module.
     Checkpoints are pickles: loading one runs code from it (and from `repo`), so load only files you trust.
     Nothing is downloaded. `fuse_bn` folds BatchNorm into the preceding convs (see `fold_batchnorm`).
+    `fuse_reparam` (default) fuses re-parameterisable blocks (RepConv) into the single conv TensorRT deploys (see
+    `fuse_reparameterizable`); pass False to keep their training form, e.g. for QAT.
     """
     module, source = _load_module(spec, repo)
     model = module.float().to(device).eval()
     model.requires_grad_(False)
     layout, head = find_head(model)
+    if fuse_reparam:
+        fused = fuse_reparameterizable(model)
+        if fused:
+            source += f" (re-parameterised blocks fused: {len(fused)})"
     if fuse_bn:
         source += f" (batchnorm folded: {fold_batchnorm(model)})"
     return LoadedModel(model=model, layout=layout, names=class_names(model, head), stride=max_stride(model, head),

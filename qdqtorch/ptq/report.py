@@ -62,6 +62,8 @@ SUMMARY_FIELDS = {
                     "TensorRT rules report (tied groups, residual adds, disabled quantizers) when rules were applied",
     "int8": "COCO metrics of the fake-quantized model in PyTorch (same fields as float)",
     "onnx": "path of the exported Q/DQ ONNX (model.qdq.onnx)",
+    "onnx_graph": "its input shape mode (static: batch 1 at imgsz, what Ultralytics and a static TensorRT engine "
+                  "run; dynamic-batch) and the ONNX opset it was exported at",
     "qdq_check": "the Q/DQ checker on that ONNX: errors (TensorRT would not build it as INT8 as intended), warnings "
                  "(slower or less accurate placements), node counts",
     "int8_onnxruntime": "COCO metrics of the exported ONNX run in ONNX Runtime (with --ort-eval)",

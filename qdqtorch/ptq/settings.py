@@ -10,6 +10,12 @@ from ..quantize import AMAX_METHODS, load_config_file
 from ..rules import PLACEMENTS
 from ..calib import WEIGHT_METHODS
 
+# How the exported graph's input shape is fixed. "static": batch 1 and imgsz x imgsz, so Ultralytics
+# (YOLO("model.qdq.onnx").predict / .val) letterboxes every image to imgsz, and TensorRT builds a static engine;
+# "dynamic-batch": a symbolic batch axis (TensorRT needs an optimization profile; Ultralytics takes a dynamic axis
+# to mean any height/width too, which this graph rejects).
+ONNX_SHAPES = ("static", "dynamic-batch")
+
 
 @dataclass
 class PTQSettings:
@@ -41,9 +47,12 @@ class PTQSettings:
     ignore: List[str] = field(default_factory=list)
     rules: Optional[str] = None               # "tensorrt" / "tensorrt-int8-residual": TensorRT placement rules
     fold_bn: bool = False
+    fuse_reparam: bool = True                 # RepConv blocks as deployed (one conv); False: training form (QAT)
     device: str = "cpu"
     export: bool = True
-    opset: int = 13
+    opset: Optional[int] = None               # None: the lowest opset >= 13 with every operator the model uses
+    onnx_shape: str = "static"                # "static" (batch 1, imgsz: Ultralytics, static TensorRT engine) or
+                                              # "dynamic-batch" (symbolic batch, fixed imgsz: TensorRT profiles)
     check: bool = False                       # fail on Q/DQ checker errors
     ort_eval: bool = False                    # score the exported ONNX with ONNX Runtime too
     skip_float_eval: bool = False
@@ -61,6 +70,8 @@ class PTQSettings:
             raise ValueError(f"calib_method must be one of {AMAX_METHODS}, got {self.calib_method!r}")
         if self.weight_method not in WEIGHT_METHODS:
             raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
+        if self.onnx_shape not in ONNX_SHAPES:
+            raise ValueError(f"onnx_shape must be one of {ONNX_SHAPES}, got {self.onnx_shape!r}")
         if self.rules not in (None, *PLACEMENTS):
             raise ValueError(f"rules must be one of {PLACEMENTS} or unset, got {self.rules!r}")
         if self.recover not in (None, "adaround", "gptq", "nearest"):

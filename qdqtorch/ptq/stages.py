@@ -65,7 +65,8 @@ def load_float(settings: PTQSettings) -> Tuple[nn.Module, Optional[LoadedModel]]
             raise TypeError(f"--model {settings.model}: returned {type(model).__name__}, expected a float nn.Module")
         return model.float().to(settings.device).eval(), None
     from ..models import load_model
-    loaded = load_model(settings.model, repo=settings.repo, device=settings.device, fuse_bn=settings.fold_bn)
+    loaded = load_model(settings.model, repo=settings.repo, device=settings.device, fuse_bn=settings.fold_bn,
+                        fuse_reparam=settings.fuse_reparam)
     return loaded.model, loaded
 
 
@@ -231,19 +232,20 @@ def evaluate(prep: Prepared, key: str = "int8", model: Optional[nn.Module] = Non
 
 def export(prep: Prepared, out: Path) -> Path:
     """Export the calibrated model as out/model.qdq.onnx and run the Q/DQ checker on it; returns the ONNX path."""
-    from ..export import check_qdq, export_onnx
-    from ..models import PredictionOnly
+    from ..export import check_qdq, export_onnx, onnx_opset
+    from ..models import PredictionOnly, ultralytics_metadata
     loaded, s = prep.loaded, prep.settings
     if loaded is None or prep.sample is None:
         raise ValueError(f"--model {s.model}: the ONNX export needs a YOLO detector checkpoint and evaluation images")
     onnx_path = Path(out) / "model.qdq.onnx"
     t0 = time.perf_counter()
-    export_onnx(PredictionOnly(prep.model, loaded.layout), prep.sample, onnx_path, opset=s.opset,
-                metadata={"stride": loaded.stride, "names": dict(enumerate(loaded.names)), "task": "detect",
-                          "imgsz": [s.imgsz, s.imgsz], "batch": 1,
-                          "description": f"qdqtorch {__version__} Q/DQ INT8 export of {s.model}"})
+    export_onnx(PredictionOnly(prep.model, loaded.layout), prep.sample[:1], onnx_path, opset=s.opset,
+                dynamic_batch=s.onnx_shape == "dynamic-batch",
+                metadata=ultralytics_metadata(loaded, prep.preprocess.hw,
+                                              f"qdqtorch {__version__} Q/DQ INT8 export of {s.model}"))
     prep.timings["export"] = time.perf_counter() - t0
     prep.summary["onnx"] = str(onnx_path)
+    prep.summary["onnx_graph"] = {"shape": s.onnx_shape, "opset": onnx_opset(onnx_path)}
     # layers kept float on purpose are warnings, not errors; ONNX node names join module levels with / or .
     ignored = prep.quant_report.ignored if prep.quant_report is not None else []
     allow_float = [f"*{name.replace('.', '[./]')}/*" for name, _, _ in ignored]
