@@ -28,6 +28,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..atomic import atomic_output
 from ..nn.tensor_quantizer import TensorQuantizer
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
@@ -165,37 +166,39 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    modes = {name: m.training for name, m in model.named_modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            try:
-                outputs = _flat_tensors(model(*args))  # dry run: clear errors before tracing, and count outputs
-            except Exception as exc:
-                shapes = [tuple(a.shape) for a in args]
-                raise ExportError(f"export_onnx: the model failed on the sample input(s) of shape {shapes}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-            if not outputs:
-                raise ExportError("export_onnx: the model returned no tensors")
-            if len(output_names) > len(outputs):
-                raise ValueError(f"export_onnx: {len(output_names)} output names for {len(outputs)} output(s)")
-            out_names = list(output_names)
-            extra = (f"output{i}" for i in range(len(outputs) * 2) if f"output{i}" not in output_names)
-            out_names += [next(extra) for _ in range(len(outputs) - len(output_names))]
-            dynamic_axes = {n: {0: "batch"} for n in [*input_names, *out_names]} if dynamic_batch else None
-            with _weights_on_the_grid(model):
-                _torchscript_export(model, args, path, opset, list(input_names), out_names, dynamic_axes)
-    finally:
-        _restore_modes(model, modes)
+    # written beside `path` and renamed when complete: a failed or interrupted export never leaves a truncated file
+    with atomic_output(path) as tmp:
+        modes = {name: m.training for name, m in model.named_modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                try:
+                    outputs = _flat_tensors(model(*args))  # dry run: clear errors before tracing, and count outputs
+                except Exception as exc:
+                    shapes = [tuple(a.shape) for a in args]
+                    raise ExportError(f"export_onnx: the model failed on the sample input(s) of shape {shapes}: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+                if not outputs:
+                    raise ExportError("export_onnx: the model returned no tensors")
+                if len(output_names) > len(outputs):
+                    raise ValueError(f"export_onnx: {len(output_names)} output names for {len(outputs)} output(s)")
+                out_names = list(output_names)
+                extra = (f"output{i}" for i in range(len(outputs) * 2) if f"output{i}" not in output_names)
+                out_names += [next(extra) for _ in range(len(outputs) - len(output_names))]
+                dynamic_axes = {n: {0: "batch"} for n in [*input_names, *out_names]} if dynamic_batch else None
+                with _weights_on_the_grid(model):
+                    _torchscript_export(model, args, tmp, opset, list(input_names), out_names, dynamic_axes)
+        finally:
+            _restore_modes(model, modes)
 
-    proto = onnx.load(str(path))
-    if metadata:
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = str(key), value if isinstance(value, str) else str(value)
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"export_onnx: the exported graph {path} fails onnx.checker: {exc}") from exc
-    onnx.save(proto, str(path))
+        proto = onnx.load(str(tmp))
+        if metadata:
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = str(key), value if isinstance(value, str) else str(value)
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"export_onnx: the exported graph {path} fails onnx.checker: {exc}") from exc
+        onnx.save(proto, str(tmp))
     return path

@@ -11,6 +11,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..atomic import atomic_output
 from .errors import ModelLoadError
 
 ARCHITECTURE_KEY = "qdqtorch.architecture"  # Ultralytics model yaml (text)
@@ -32,7 +33,8 @@ def save_detector(model: nn.Module, path: str | Path, architecture: str, names: 
     from safetensors.torch import save_file
     state = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().cpu()
              for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={ARCHITECTURE_KEY: architecture, NAMES_KEY: json.dumps(list(names))})
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp), metadata={ARCHITECTURE_KEY: architecture, NAMES_KEY: json.dumps(list(names))})
     return Path(path)
 
 

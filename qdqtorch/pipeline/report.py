@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..quantize import atomic_write_text
+from ..atomic import atomic_write_text
 
 
 def _fmt(value: Any) -> str:
@@ -86,4 +86,4 @@ def write_reports(summary: Dict[str, Any], out: Path) -> None:
     lines.append("- timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.get("timings", {}).items()))
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()))
     lines += ["", "## summary.json", ""] + [f"- `{k}`: {v}" for k, v in summary["fields"].items()]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -3,14 +3,13 @@ settings, as safetensors or a weights-only torch file, reloadable into a freshly
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_output
 from ..nn import CalibrationError
 from ..quantize import named_quantizers
 from ._util import unwrap
@@ -23,19 +22,6 @@ _TORCH_SUFFIXES = (".pt", ".pth")
 def _quantizer_settings(model: nn.Module) -> Dict[str, dict]:
     return {name: {"num_bits": q.num_bits, "axis": q.axis, "enabled": q.is_enabled,
                    "learn_amax": isinstance(q._amax, nn.Parameter)} for name, q in named_quantizers(model)}
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename, so a crash never leaves half a checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_qat_checkpoint(model: nn.Module, path: Union[str, Path], *, metadata: Optional[dict] = None) -> Path:
@@ -62,11 +48,13 @@ def save_qat_checkpoint(model: nn.Module, path: Union[str, Path], *, metadata: O
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
         meta = {"format": FORMAT, "version": str(VERSION), "quantizers": json.dumps(settings), "metadata": user}
-        _atomic(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        with atomic_output(path) as tmp:
+            save_file(state, str(tmp), metadata=meta)
     else:
         blob = {"format": FORMAT, "version": VERSION, "quantizers": json.dumps(settings), "metadata": user,
                 "state_dict": state}
-        _atomic(path, lambda tmp: torch.save(blob, tmp))
+        with atomic_output(path) as tmp:
+            torch.save(blob, tmp)
     return path
 
 

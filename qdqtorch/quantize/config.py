@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Union
 
 from torch import nn
 
+from ..atomic import atomic_write_text
 from ..descriptor import QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from ..nn import QUANT_TWINS, WEIGHTED_TYPES
 
@@ -168,9 +169,9 @@ def write_config_file(data: Mapping[str, Any], path: Union[str, Path]) -> None:
     path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
-        path.write_text(yaml.safe_dump(dict(data), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(dict(data), sort_keys=False))
     else:
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def resolve_config(config: Union["QuantConfig", Mapping[str, Any], str, Path, None]) -> "QuantConfig":

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Union
@@ -11,6 +9,7 @@ from typing import Dict, List, Union
 import torch
 from torch import nn
 
+from ..atomic import atomic_output, atomic_write_text
 from ..nn import CalibrationError, TensorQuantizer
 from .control import named_quantizers
 
@@ -23,15 +22,6 @@ def _describe(q: TensorQuantizer) -> dict:
             "enabled": q.is_enabled}
 
 
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write a text file via write-then-rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def save_calibration(model: nn.Module, path: Union[str, Path]) -> Path:
     """Write every quantizer's amax and settings to `.json` or `.safetensors`."""
     path = Path(path)
@@ -41,8 +31,9 @@ def save_calibration(model: nn.Module, path: Union[str, Path]) -> Path:
         from safetensors.torch import save_file
         tensors = {name: q.amax.detach().float().cpu().contiguous() for name, q in quantizers.items()
                    if q.amax is not None}
-        save_file(tensors, str(path), metadata={"format": FORMAT, "version": str(VERSION),
-                                                "quantizers": json.dumps(meta)})
+        with atomic_output(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION),
+                                                   "quantizers": json.dumps(meta)})
     elif path.suffix == ".json":
         for name, q in quantizers.items():
             meta[name]["amax"] = None if q.amax is None else q.amax.detach().cpu().tolist()

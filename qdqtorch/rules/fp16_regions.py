@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..atomic import atomic_output
+
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_QDQ_OPSET = 19
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -257,5 +259,6 @@ def float_regions_to_fp16(model: Union[str, Path, onnx.ModelProto], out_path: Un
         raise Fp16ConversionError(f"float_regions_to_fp16: the converted graph does not type-check: {exc}") from exc
     onnx.checker.check_model(converted)
     if out_path is not None:
-        onnx.save(converted, str(out_path))
+        with atomic_output(out_path) as tmp:
+            onnx.save(converted, str(tmp))
     return converted

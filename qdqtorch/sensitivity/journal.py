@@ -12,11 +12,13 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..errors import OutputError, QdqtorchError
+
 FORMAT = "qdqtorch.sensitivity.journal"
 VERSION = 1
 
 
-class FingerprintMismatch(RuntimeError):
+class FingerprintMismatch(QdqtorchError, RuntimeError):
     """Saved results were computed for another model, data or settings."""
 
 
@@ -106,12 +108,15 @@ class Journal:
 
     def _write(self, record: dict) -> None:
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise OutputError(f"cannot append to the sweep journal {self.path}: {exc.strerror or exc}") from exc
 
     def append(self, key: str, metric: float, time_s: float) -> dict:
         """Persist one finished evaluation."""

@@ -20,7 +20,7 @@ from .journal import FingerprintMismatch, Journal, discard, journal_paths, load_
 from .metric import Metric, as_metric, check_value
 from .proxy import proxy_markdown, proxy_pass
 from ..host_memory import reuse_freed_memory
-from ..quantize import atomic_write_text
+from ..atomic import atomic_write_text
 from .report import write_outputs
 from .result import build_result
 from .sweep import Evaluator
