@@ -42,7 +42,8 @@ class CalibrationLoader:
     """Iterable of batches: (B, C, H, W) tensors, or a tuple of them for multi-input models.
 
     Unreadable images are skipped (the batch gets smaller) and reported in one warning when the pass ends;
-    if none can be read it is an error. `num_images` caps the number of samples actually yielded.
+    if none can be read it is an error. `num_images` caps the number of samples actually yielded; `images_used`
+    is how many the last pass yielded.
     """
 
     def __init__(self, dataset: Union[CalibrationDataset, MultiInputDataset], batch_size: int = 8,
@@ -58,6 +59,7 @@ class CalibrationLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.failures: List[Failure] = []
+        self.images_used = 0                    # samples actually yielded by the last pass (unreadable ones skipped)
 
     def __len__(self) -> int:
         """Number of batches when every image is readable."""
@@ -75,6 +77,7 @@ class CalibrationLoader:
                             sampler=BatchSampler(order, self.batch_size, drop_last=False),
                             num_workers=self.workers, persistent_workers=False)
         self.failures = []
+        self.images_used = 0
         remaining, seen = self.num_images, 0
         for batch, failures in loader:
             self.failures.extend(failures)
@@ -87,6 +90,7 @@ class CalibrationLoader:
                 batch = tuple(b[:remaining] for b in batch) if isinstance(batch, tuple) else batch[:remaining]
                 n = remaining
             remaining -= n
+            self.images_used += n
             yield batch
             if remaining == 0:
                 break
