@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from ..quantize import AMAX_METHODS, RULES, load_config_file
+from ..fieldtypes import check_field_types
+from ..quantize import AMAX_METHODS, RULES, QuantConfig, load_config_file
 from ..calib import WEIGHT_METHODS
 
 
@@ -77,6 +78,9 @@ class PTQSettings:
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+        check_field_types(cls, data, where)
+        if data.get("quant"):
+            QuantConfig.from_dict(data["quant"], where=f"{where}: quant")  # a bad quant section fails now, named
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:

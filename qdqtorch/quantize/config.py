@@ -13,6 +13,7 @@ from torch import nn
 
 from ..atomic import atomic_write_text
 from ..descriptor import QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
+from ..fieldtypes import check_field_types
 from ..nn import QUANT_TWINS, WEIGHTED_TYPES
 
 IgnoreSpec = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
@@ -127,6 +128,7 @@ class QuantConfig:
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+        check_field_types(cls, data, where)
         try:
             return cls(**dict(data))
         except (ValueError, TypeError) as exc:
