@@ -19,7 +19,17 @@ class OutputError(QdqtorchError, OSError):
     """An output file could not be written (unwritable folder, disk full); the message names the file."""
 
 
+INSTALL_HINT = 'pip install -e ".[{extra}]" in the qdqtorch checkout'
+
+
 def missing_dependency(package: str, feature: str, extra: str) -> MissingDependencyError:
     """The error for `package` missing when `feature` needs it, with an install command that works from a clone."""
-    return MissingDependencyError(f"{feature} needs the `{package}` package, which is not installed: run "
-                                  f"`pip install -e \".[{extra}]\"` in the qdqtorch checkout")
+    return MissingDependencyError(f"{feature} needs the `{package}` package, which is not installed: "
+                                  f"{INSTALL_HINT.format(extra=extra)}")
+
+
+def require(package: str, feature: str, extra: str) -> None:
+    """Fail now, before any heavy work, when `package` (needed for `feature`) is not importable."""
+    import importlib.util
+    if importlib.util.find_spec(package) is None:
+        raise missing_dependency(package, feature, extra)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import missing_dependency
+
 
 class OnnxRuntimeModule(nn.Module):
     """forward(x) runs the ONNX model in ONNX Runtime (CPU unless `providers` says otherwise); returns its first
@@ -19,7 +21,7 @@ class OnnxRuntimeModule(nn.Module):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ImportError("OnnxRuntimeModule needs onnxruntime: pip install 'qdqtorch[onnx]'") from exc
+            raise missing_dependency("onnxruntime", "OnnxRuntimeModule", "onnx") from exc
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
         options = ort.SessionOptions()

@@ -12,6 +12,7 @@ import yaml
 from torch import nn
 
 from ..atomic import atomic_output
+from ..errors import INSTALL_HINT
 from .errors import ModelLoadError
 
 ARCHITECTURE_KEY = "qdqtorch.architecture"  # Ultralytics model yaml (text)
@@ -48,7 +49,7 @@ def load_detector(path: Path, metadata: Dict[str, str]) -> nn.Module:
         from ultralytics.nn.tasks import DetectionModel
     except ImportError as exc:
         raise ModelLoadError(f"{path}: its architecture is an Ultralytics model config and needs the `ultralytics` "
-                             f"package ({exc}): pip install qdqtorch[yolo]") from exc
+                             f"package ({exc}): {INSTALL_HINT.format(extra='yolo')}") from exc
     cfg = yaml.safe_load(metadata[ARCHITECTURE_KEY])
     names = json.loads(metadata.get(NAMES_KEY, "[]"))
     model = DetectionModel(cfg, nc=len(names) or None, verbose=False)
