@@ -42,6 +42,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _default_mode() -> int:
+    """0666 minus the umask: what open() gives a new file (some writers, e.g. safetensors, create theirs 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -58,6 +65,7 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise OutputError(f"cannot write {path}: the writer produced no file")
+        os.chmod(tmp, _default_mode())
         _fsync_file(tmp)
         os.replace(tmp, path)
     except OSError as exc:

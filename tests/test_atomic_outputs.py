@@ -40,7 +40,8 @@ def test_outputs_get_normal_permissions(tmp_path, umask_022):
                             "batch": 1, "device": "cpu", "percentile": 99.9}, "data": {}}
     write_reports(summary, tmp_path)
     save_calibration(_calibrated(), tmp_path / "calibration.json")
-    for name in ("summary.json", "report.md", "calibration.json"):
+    save_calibration(_calibrated(), tmp_path / "calibration.safetensors")   # safetensors itself creates 0600
+    for name in ("summary.json", "report.md", "calibration.json", "calibration.safetensors"):
         assert _mode(tmp_path / name) == 0o644, name
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

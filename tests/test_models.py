@@ -327,3 +327,11 @@ def test_select_predictions_unwraps_nested_outputs():
         select_predictions(torch.zeros(1, 10, 4), "yolov5")
     with pytest.raises(ValueError, match="unknown prediction layout"):
         select_predictions(pred, "yolox")
+
+
+def test_demo_detector_records_its_training_image_size():
+    """The demo detector was trained at 256 px: load_model reports it so evaluations default to it, not 640."""
+    from conftest import REPO_ROOT
+    from qdqtorch.models import load_model
+    loaded = load_model(REPO_ROOT / "assets" / "demo" / "shapes_detector.safetensors")
+    assert loaded.imgsz == 256 and loaded.names == ["circle", "square", "triangle"]
