@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from .errors import UsageError
+
 CALIB_METHODS = ("max", "histogram", "entropy", "mse", "percentile")
 HISTOGRAM_CALIB_METHODS = ("histogram", "entropy", "mse", "percentile")
 
@@ -33,21 +35,21 @@ class QuantDescriptor:
 
     def __post_init__(self) -> None:
         if isinstance(self.num_bits, bool) or not isinstance(self.num_bits, int) or not 2 <= self.num_bits <= 16:
-            raise ValueError(f"QuantDescriptor.num_bits must be an int in 2..16, got {self.num_bits!r}")
+            raise UsageError(f"QuantDescriptor.num_bits must be an int in 2..16, got {self.num_bits!r}")
         if self.axis is not None and (isinstance(self.axis, bool) or not isinstance(self.axis, int)):
-            raise ValueError(f"QuantDescriptor.axis must be None (per-tensor) or an int, got {self.axis!r}")
+            raise UsageError(f"QuantDescriptor.axis must be None (per-tensor) or an int, got {self.axis!r}")
         if self.calib_method not in CALIB_METHODS:
-            raise ValueError(f"QuantDescriptor.calib_method must be one of {CALIB_METHODS}, got {self.calib_method!r}")
+            raise UsageError(f"QuantDescriptor.calib_method must be one of {CALIB_METHODS}, got {self.calib_method!r}")
         if self.calib_method in HISTOGRAM_CALIB_METHODS and self.axis is not None:
-            raise ValueError(f"QuantDescriptor: calib_method={self.calib_method!r} is per-tensor only; "
+            raise UsageError(f"QuantDescriptor: calib_method={self.calib_method!r} is per-tensor only; "
                              "use axis=None, or calib_method='max' per channel")
         for name in ("unsigned", "narrow_range", "learn_amax", "fake_quant"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"QuantDescriptor.{name} must be a bool, got {getattr(self, name)!r}")
+                raise UsageError(f"QuantDescriptor.{name} must be a bool, got {getattr(self, name)!r}")
         if self.amax is not None:
             values = [self.amax] if isinstance(self.amax, (int, float)) else list(self.amax)
             if not values or any(not isinstance(v, (int, float)) or not v >= 0 for v in values):
-                raise ValueError(f"QuantDescriptor.amax must be a non-negative number or list of them, got {self.amax!r}")
+                raise UsageError(f"QuantDescriptor.amax must be a non-negative number or list of them, got {self.amax!r}")
             if not isinstance(self.amax, (int, float)):
                 object.__setattr__(self, "amax", tuple(float(v) for v in values))
 
@@ -84,11 +86,11 @@ class QuantDescriptor:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise ValueError(f"{where}: unknown descriptor field(s) {unknown}; valid fields are {sorted(valid)}")
+            raise UsageError(f"{where}: unknown descriptor field(s) {unknown}; valid fields are {sorted(valid)}")
         try:
             return cls(**dict(data))
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise UsageError(f"{where}: {exc}") from None
 
     def to_json(self) -> str:
         """JSON text of `to_dict()`."""

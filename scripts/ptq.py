@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from qdqtorch.pipeline import PTQSettings, run_ptq, table  # noqa: E402
-from qdqtorch.pipeline.cli import run_cli  # noqa: E402
+from qdqtorch.pipeline.cli import pop_debug, run_cli  # noqa: E402
 from qdqtorch.quantize import RULES  # noqa: E402
 
 S = argparse.SUPPRESS  # options left out keep the --config file's value (or the default)
@@ -76,12 +76,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-float-eval", action="store_true", default=S, help="skip the float baseline")
     p.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default pycocotools)")
     p.add_argument("--workers", type=int, default=S, help="image loading workers (default 0)")
+    p.add_argument("--debug", action="store_true", default=S, help="print the full traceback of an error")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    argv, debug = pop_debug(argv)
     args = vars(parse_args(argv))
-    return run_cli(lambda: _run(args))
+    return run_cli(lambda: _run(args), debug=debug)
 
 
 def _run(args: dict) -> int:

@@ -87,6 +87,7 @@ def run_parser() -> argparse.ArgumentParser:
                    "RAM, half the free GPU memory)")
     s.add_argument("--no-chart", action="store_true", help="skip sensitivity.png")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--debug", action="store_true", default=S, help="print the full traceback of an error")
     return p
 
 
@@ -187,11 +188,12 @@ def run_main(argv) -> int:
 
 
 def main(argv=None) -> int:
-    from qdqtorch.pipeline.cli import run_cli
-    argv = sys.argv[1:] if argv is None else list(argv)
+    from qdqtorch.pipeline.cli import pop_debug, run_cli
+    argv, debug = pop_debug(argv)
     if argv and argv[0] == "merge":
-        return run_cli(lambda: merge_main(argv[1:]))
-    return run_cli(lambda: run_main(argv[1:] if argv and argv[0] == "run" else argv))
+        return run_cli(lambda: merge_main(argv[1:]), debug=debug)
+    return run_cli(lambda: run_main(argv[1:] if argv and argv[0] == "run" else argv), debug=debug,
+                   interrupted="every finished evaluation is saved in the journal; rerun the same command to resume")
 
 
 if __name__ == "__main__":

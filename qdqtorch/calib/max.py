@@ -6,9 +6,10 @@ from typing import Optional
 import torch
 
 from ..tensor_quant import normalize_axis
+from ..errors import UsageError
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(UsageError):
     """A calibrator was fed NaN or Inf."""
 
 
@@ -36,7 +37,7 @@ class MaxCalibrator:
         if self._amax is None:
             self._amax = amax
         elif self._amax.shape != amax.shape:
-            raise ValueError(f"MaxCalibrator: per-channel size changed from {tuple(self._amax.shape)} to "
+            raise UsageError(f"MaxCalibrator: per-channel size changed from {tuple(self._amax.shape)} to "
                              f"{tuple(amax.shape)} between batches (axis={self.axis})")
         else:
             self._amax = torch.maximum(self._amax, amax.to(self._amax.device))

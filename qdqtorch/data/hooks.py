@@ -8,6 +8,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from ..errors import UsageError
+
 
 @lru_cache(maxsize=None)
 def load_hook(spec: str) -> Callable:
@@ -17,7 +19,7 @@ def load_hook(spec: str) -> Callable:
     """
     target, sep, func_name = spec.rpartition(":")
     if not sep or not target or not func_name:
-        raise ValueError(f"preprocess hook {spec!r} must look like 'path/to/file.py:function'")
+        raise UsageError(f"preprocess hook {spec!r} must look like 'path/to/file.py:function'")
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = Path(target).expanduser().resolve()
         if not path.is_file():

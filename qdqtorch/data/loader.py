@@ -11,6 +11,7 @@ from .dataset import CalibrationDataset, Failure, MultiInputDataset
 from .image_io import BadImageError, report_bad_images
 from .preprocess import Preprocess
 from .sources import Source
+from ..errors import UsageError
 
 Batch = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
@@ -49,9 +50,9 @@ class CalibrationLoader:
     def __init__(self, dataset: Union[CalibrationDataset, MultiInputDataset], batch_size: int = 8,
                  num_images: Optional[int] = None, workers: int = 0, shuffle: bool = False, seed: int = 0):
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise UsageError(f"batch_size must be positive, got {batch_size}")
         if num_images is not None and num_images <= 0:
-            raise ValueError(f"num_images must be positive, got {num_images}")
+            raise UsageError(f"num_images must be positive, got {num_images}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_images = min(num_images, len(dataset)) if num_images else len(dataset)
@@ -120,7 +121,7 @@ def calibration_loader(source: Union[Source, Sequence[Source]],
                                  shuffle, seed)
     if not isinstance(source, (list, tuple)) or len(source) != len(pps):
         n_src = len(source) if isinstance(source, (list, tuple)) else 1
-        raise ValueError(f"multi-input calibration needs one source per input: got {len(pps)} preprocess settings "
+        raise UsageError(f"multi-input calibration needs one source per input: got {len(pps)} preprocess settings "
                          f"but {n_src} source(s)")
     datasets = [CalibrationDataset(s, p, split) for s, p in zip(source, pps)]
     return CalibrationLoader(MultiInputDataset(datasets), batch_size, num_images, workers, shuffle, seed)

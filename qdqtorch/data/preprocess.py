@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..atomic import atomic_write_text
+from ..errors import UsageError
 
 RESIZE_MODES = ("letterbox", "resize")
 COLOR_FORMATS = ("rgb", "bgr")
@@ -17,7 +18,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 _ALIASES = {"mean_value": "mean", "std_value": "std", "img_size": "imgsz", "color_format": "color"}
 
 
-class PreprocessError(ValueError):
+class PreprocessError(UsageError):
     """A preprocessing setting is invalid; the message names the field."""
 
 

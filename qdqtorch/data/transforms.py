@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .preprocess import Preprocess
+from ..errors import UsageError
 
 _CV2_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST,
                "cubic": cv2.INTER_CUBIC}
@@ -108,7 +109,7 @@ def normalize(batch: torch.Tensor, pp: Preprocess) -> torch.Tensor:
 def preprocess_image(img: np.ndarray, pp: Preprocess) -> Tuple[torch.Tensor, TransformInfo]:
     """One decoded BGR image → normalised (C, H, W) float tensor plus its transform info."""
     if pp.channels != 3:
-        raise ValueError(f"image preprocessing produces 3 channels but the input declares channels={pp.channels}; "
+        raise UsageError(f"image preprocessing produces 3 channels but the input declares channels={pp.channels}; "
                          f"use .npy/.raw tensors or a custom hook for other channel counts")
     geo, info = apply_geometry(img, pp)
     return normalize(to_chw_uint8(geo, pp), pp), info

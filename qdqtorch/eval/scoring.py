@@ -8,7 +8,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..errors import INSTALL_HINT, MissingDependencyError
+from ..errors import INSTALL_HINT, MissingDependencyError, UsageError
 
 # COCOeval's default thresholds, built the same way so comparisons against them are bit-identical.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -33,7 +33,7 @@ class Detections:
         self.score = np.asarray(self.score, dtype=np.float64).reshape(-1)
         n = len(self.image_id)
         if not len(self.category_id) == len(self.bbox) == len(self.score) == n:
-            raise ValueError("Detections arrays must have the same length")
+            raise UsageError("Detections arrays must have the same length")
 
     def __len__(self) -> int:
         return len(self.score)
@@ -134,4 +134,4 @@ def make_scorer(name: str, gt: dict, image_ids: Optional[Sequence[int]] = None):
     if name == "fast":
         from .fast_scorer import FastCocoScorer
         return FastCocoScorer(gt, image_ids)
-    raise ValueError(f"unknown scorer {name!r}; expected 'pycocotools' or 'fast'")
+    raise UsageError(f"unknown scorer {name!r}; expected 'pycocotools' or 'fast'")

@@ -30,11 +30,12 @@ from torch import nn
 
 from ..atomic import atomic_output
 from ..nn.tensor_quantizer import TensorQuantizer
+from ..errors import QdqtorchError, UsageError
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
 
 
-class ExportError(RuntimeError):
+class ExportError(QdqtorchError, RuntimeError):
     """The model cannot be exported as a Q/DQ graph as it is; the message says which part and what to do."""
 
 
@@ -79,7 +80,7 @@ def _check_device(model: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if not isinstance(a, torch.Tensor):
             raise TypeError(f"export_onnx: sample input {i} is a {type(a).__name__}, expected a torch.Tensor")
         if param is not None and a.device != param.device:
-            raise ValueError(f"export_onnx: sample input {i} is on {a.device} but the model is on {param.device}; "
+            raise UsageError(f"export_onnx: sample input {i} is on {a.device} but the model is on {param.device}; "
                              "move one of them")
 
 
@@ -151,10 +152,10 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
     `output_names` get the next free names output1, output2, ...; the model's train/eval modes are restored.
     """
     if opset < MIN_OPSET:
-        raise ValueError(f"export_onnx: opset {opset} is too old; per-channel Q/DQ needs opset >= {MIN_OPSET}")
+        raise UsageError(f"export_onnx: opset {opset} is too old; per-channel Q/DQ needs opset >= {MIN_OPSET}")
     args = (sample,) if isinstance(sample, torch.Tensor) else tuple(sample)
     if len(input_names) != len(args):
-        raise ValueError(f"export_onnx: {len(args)} sample input(s) but {len(input_names)} input name(s) "
+        raise UsageError(f"export_onnx: {len(args)} sample input(s) but {len(input_names)} input name(s) "
                          f"{list(input_names)}")
     _check_device(model, args)
     problems = _quantizer_problems(model)
@@ -181,7 +182,7 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
                 if not outputs:
                     raise ExportError("export_onnx: the model returned no tensors")
                 if len(output_names) > len(outputs):
-                    raise ValueError(f"export_onnx: {len(output_names)} output names for {len(outputs)} output(s)")
+                    raise UsageError(f"export_onnx: {len(output_names)} output names for {len(outputs)} output(s)")
                 out_names = list(output_names)
                 extra = (f"output{i}" for i in range(len(outputs) * 2) if f"output{i}" not in output_names)
                 out_names += [next(extra) for _ in range(len(outputs) - len(output_names))]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import missing_dependency
+from ..errors import UsageError, missing_dependency
 
 
 class OnnxRuntimeModule(nn.Module):
@@ -34,7 +34,7 @@ class OnnxRuntimeModule(nn.Module):
 
     def forward(self, *inputs: torch.Tensor):
         if len(inputs) != len(self.input_names):
-            raise ValueError(f"{self.path} takes {len(self.input_names)} input(s) {self.input_names}, "
+            raise UsageError(f"{self.path} takes {len(self.input_names)} input(s) {self.input_names}, "
                              f"got {len(inputs)}")
         feed = {name: np.ascontiguousarray(t.detach().cpu().numpy()) for name, t in zip(self.input_names, inputs)}
         outputs = [torch.from_numpy(o) for o in self.session.run(None, feed)]

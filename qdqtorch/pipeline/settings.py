@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from ..fieldtypes import check_field_types
 from ..quantize import AMAX_METHODS, RULES, QuantConfig, load_config_file
 from ..calib import WEIGHT_METHODS
+from ..errors import UsageError
 
 
 @dataclass
@@ -55,14 +56,14 @@ class PTQSettings:
 
     def __post_init__(self) -> None:
         if self.calib_method not in AMAX_METHODS:
-            raise ValueError(f"calib_method must be one of {AMAX_METHODS}, got {self.calib_method!r}")
+            raise UsageError(f"calib_method must be one of {AMAX_METHODS}, got {self.calib_method!r}")
         if self.weight_method not in WEIGHT_METHODS:
-            raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
+            raise UsageError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
         if self.rules not in (None, *RULES):
-            raise ValueError(f"rules must be one of {tuple(RULES)} or unset, got {self.rules!r}")
+            raise UsageError(f"rules must be one of {tuple(RULES)} or unset, got {self.rules!r}")
         for name in ("num_calib", "batch", "imgsz"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}")
         if isinstance(self.ignore, str):
             self.ignore = [self.ignore]
 
@@ -77,14 +78,14 @@ class PTQSettings:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+            raise UsageError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
         check_field_types(cls, data, where)
         if data.get("quant"):
             QuantConfig.from_dict(data["quant"], where=f"{where}: quant")  # a bad quant section fails now, named
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise UsageError(f"{where}: {exc}") from None
 
     @classmethod
     def from_file(cls, path: Union[str, Path], **overrides: Any) -> "PTQSettings":

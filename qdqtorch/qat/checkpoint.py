@@ -13,6 +13,7 @@ from ..atomic import atomic_output
 from ..nn import CalibrationError
 from ..quantize import named_quantizers
 from ._util import unwrap
+from ..errors import UsageError
 
 FORMAT = "qdqtorch.qat_checkpoint"
 VERSION = 1
@@ -30,7 +31,7 @@ def save_qat_checkpoint(model: nn.Module, path: Union[str, Path], *, metadata: O
     `module.` prefix. `metadata`: JSON-able notes (epoch, mAP...) returned by `load_qat_checkpoint`."""
     path = Path(path)
     if path.suffix not in (".safetensors", *_TORCH_SUFFIXES):
-        raise ValueError(f"save_qat_checkpoint: {path}: use a .safetensors (or .pt/.pth) file name")
+        raise UsageError(f"save_qat_checkpoint: {path}: use a .safetensors (or .pt/.pth) file name")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"save_qat_checkpoint: folder {path.parent} does not exist")
     model = unwrap(model)
@@ -69,19 +70,19 @@ def _read(path: Path) -> tuple:
                 meta = fh.metadata() or {}
                 state = {k: fh.get_tensor(k) for k in fh.keys()} if meta.get("format") == FORMAT else None
         except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ValueError(f"load_qat_checkpoint: {path} is not a readable safetensors file ({exc})") from None
+            raise UsageError(f"load_qat_checkpoint: {path} is not a readable safetensors file ({exc})") from None
     elif path.suffix in _TORCH_SUFFIXES:
         try:
             meta = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"load_qat_checkpoint: {path} is not a weights-only torch file written by "
+            raise UsageError(f"load_qat_checkpoint: {path} is not a weights-only torch file written by "
                              f"save_qat_checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
         meta = meta if isinstance(meta, dict) else {}
         state = meta.get("state_dict")
     else:
-        raise ValueError(f"load_qat_checkpoint: {path}: expected a .safetensors, .pt or .pth file")
+        raise UsageError(f"load_qat_checkpoint: {path}: expected a .safetensors, .pt or .pth file")
     if meta.get("format") != FORMAT or state is None:
-        raise ValueError(f"load_qat_checkpoint: {path} is not a qdqtorch QAT checkpoint (format {FORMAT}); a "
+        raise UsageError(f"load_qat_checkpoint: {path} is not a qdqtorch QAT checkpoint (format {FORMAT}); a "
                          "calibration file goes to qdqtorch.load_calibration, a training checkpoint to load_model")
     return state, json.loads(meta["quantizers"]), json.loads(meta.get("metadata") or "{}")
 

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from ..calib import HISTOGRAM_METHODS, HistogramCalibrator, MaxCalibrator, weight_amax
 from ..nn import CalibrationError, TensorQuantizer
 from .control import named_quantizers, weight_quantizer_ids
+from ..errors import UsageError
 
 AMAX_METHODS = HISTOGRAM_METHODS  # max, entropy, mse, percentile
 
@@ -38,7 +39,7 @@ def run_batch(model: nn.Module, batch: Any, device: torch.device, preprocess: Op
         return model(batch)
     if isinstance(batch, (list, tuple)):
         if not batch:
-            raise ValueError("collect_stats: the data yielded an empty tuple/list")
+            raise UsageError("collect_stats: the data yielded an empty tuple/list")
         return model(batch[0])
     if isinstance(batch, Mapping):
         return model(**batch)
@@ -122,7 +123,7 @@ def compute_amax(model: nn.Module, method: str = "max", *, weight_method: str = 
     Raises one CalibrationError naming every activation quantizer whose calibrator saw no data (strict).
     """
     if method not in AMAX_METHODS:
-        raise ValueError(f"compute_amax: unknown method {method!r}; choose one of {AMAX_METHODS}")
+        raise UsageError(f"compute_amax: unknown method {method!r}; choose one of {AMAX_METHODS}")
     activations = _calibratable(model)
     if method != "max" and activations and not any(isinstance(q._calibrator, HistogramCalibrator)
                                                   for _, q in activations):
@@ -162,7 +163,7 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
     """collect_stats + compute_amax in one call; a histogram `method` switches per-tensor activation quantizers
     from max to histogram calibrators first."""
     if method not in AMAX_METHODS:
-        raise ValueError(f"calibrate: unknown method {method!r}; choose one of {AMAX_METHODS}")
+        raise UsageError(f"calibrate: unknown method {method!r}; choose one of {AMAX_METHODS}")
     if method != "max":
         use_histogram_calibrators(model)
     for _, q in named_quantizers(model):

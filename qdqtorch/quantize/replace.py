@@ -12,6 +12,7 @@ from torch import nn
 from ..descriptor import QuantDescriptor
 from ..nn import TensorQuantizer
 from ..nn.quant_conv import _QuantConvTransposeNd
+from ..errors import UsageError
 
 # TensorRT placement rule sets quantize_model(rules=...) accepts, each with its residual-shortcut mode for
 # apply_tensorrt_rules: float (accurate), or int8 so that TensorRT fuses each residual Add into its Conv
@@ -104,14 +105,14 @@ def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any
     residual Add into its Conv (faster, less accurate).
     """
     if rules is not None and rules not in RULES:
-        raise ValueError(f"quantize_model: unknown rules {rules!r}; use one of {tuple(RULES)} or None")
+        raise UsageError(f"quantize_model: unknown rules {rules!r}; use one of {tuple(RULES)} or None")
     if rules is not None and example_input is None:
-        raise ValueError(f"quantize_model: rules={rules!r} traces the model and needs example_input= (any input "
+        raise UsageError(f"quantize_model: rules={rules!r} traces the model and needs example_input= (any input "
                          "batch the model accepts)")
     config = resolve_config(config)
     mapping = config.module_map()
     if type(model) in mapping:
-        raise ValueError(f"quantize_model: the model itself is a {type(model).__name__}; wrap it in a container "
+        raise UsageError(f"quantize_model: the model itself is a {type(model).__name__}; wrap it in a container "
                          "(e.g. nn.Sequential) so it can be replaced in place")
     report = QuantReport()
     names = [n for n, _ in model.named_modules() if n]

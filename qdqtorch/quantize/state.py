@@ -12,6 +12,7 @@ from torch import nn
 from ..atomic import atomic_output, atomic_write_text
 from ..nn import CalibrationError, TensorQuantizer
 from .control import named_quantizers
+from ..errors import UsageError
 
 FORMAT = "qdqtorch.calibration"
 VERSION = 1
@@ -39,7 +40,7 @@ def save_calibration(model: nn.Module, path: Union[str, Path]) -> Path:
             meta[name]["amax"] = None if q.amax is None else q.amax.detach().cpu().tolist()
         atomic_write_text(path, json.dumps({"format": FORMAT, "version": VERSION, "quantizers": meta}, indent=1))
     else:
-        raise ValueError(f"save_calibration: {path}: use a .json or .safetensors file name")
+        raise UsageError(f"save_calibration: {path}: use a .json or .safetensors file name")
     return path
 
 
@@ -51,7 +52,7 @@ def _read(path: Path) -> Dict[str, dict]:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             if meta.get("format") != FORMAT:
-                raise ValueError(f"load_calibration: {path} is not a qdqtorch calibration file")
+                raise UsageError(f"load_calibration: {path} is not a qdqtorch calibration file")
             entries = json.loads(meta["quantizers"])
             for name in fh.keys():
                 entries[name]["amax"] = fh.get_tensor(name)
@@ -60,11 +61,11 @@ def _read(path: Path) -> Dict[str, dict]:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"load_calibration: {path}: invalid JSON ({exc})") from None
+            raise UsageError(f"load_calibration: {path}: invalid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"load_calibration: {path} is not a qdqtorch calibration file (no format: {FORMAT})")
+            raise UsageError(f"load_calibration: {path} is not a qdqtorch calibration file (no format: {FORMAT})")
         return data["quantizers"]
-    raise ValueError(f"load_calibration: {path}: expected a .json or .safetensors file")
+    raise UsageError(f"load_calibration: {path}: expected a .json or .safetensors file")
 
 
 def load_calibration(model: nn.Module, path: Union[str, Path], strict: bool = True) -> int:

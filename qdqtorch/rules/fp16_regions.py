@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..atomic import atomic_output
+from ..errors import UsageError
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_QDQ_OPSET = 19
@@ -27,7 +28,7 @@ _SHAPE_OPS = ("Shape", "Size")
 _FP16_MAX = 65504.0
 
 
-class Fp16ConversionError(ValueError):
+class Fp16ConversionError(UsageError):
     """The graph holds something this pass cannot type as float16; the message names the node."""
 
 

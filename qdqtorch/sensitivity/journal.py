@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import OutputError, QdqtorchError
+from ..errors import OutputError, QdqtorchError, UsageError
 
 FORMAT = "qdqtorch.sensitivity.journal"
 VERSION = 1
@@ -36,7 +36,7 @@ def _read_lines(path: Path) -> Tuple[List[dict], int]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON; the journal is damaged (only the last line "
+            raise UsageError(f"{path}: line {i + 1} is not valid JSON; the journal is damaged (only the last line "
                              "can be torn by a crash). Delete the file to recompute its entries.") from None
         good += len(line) + 1
     return records, good
@@ -49,9 +49,9 @@ def read_journal(path: Path) -> Tuple[Optional[dict], Dict[str, dict]]:
         return None, {}
     header = records[0]
     if header.get("type") != "header" or header.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a qdqtorch sensitivity journal (first line is no {FORMAT} header)")
+        raise UsageError(f"{path}: not a qdqtorch sensitivity journal (first line is no {FORMAT} header)")
     if header.get("version") != VERSION:
-        raise ValueError(f"{path}: journal version {header.get('version')} is not supported (expected {VERSION})")
+        raise UsageError(f"{path}: journal version {header.get('version')} is not supported (expected {VERSION})")
     results = {}
     for rec in records[1:]:
         if rec.get("type") == "result":

@@ -11,6 +11,8 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
+from ..errors import UsageError
+
 
 class Metric:
     """Wraps `fn(model) -> float`. `higher_is_better` decides the sign of impacts; `describe()` goes into the
@@ -40,19 +42,19 @@ def import_callable(spec: str, what: str = "metric") -> Callable:
     """'package.module:function' -> the function, with an error saying what is wrong."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"{what} {spec!r}: expected 'package.module:function'")
+        raise UsageError(f"{what} {spec!r}: expected 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); is it on PYTHONPATH?") \
+        raise UsageError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); is it on PYTHONPATH?") \
             from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
+            raise UsageError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"{what} {spec!r}: {attr!r} is not callable")
+        raise UsageError(f"{what} {spec!r}: {attr!r} is not callable")
     return obj
 
 
@@ -78,6 +80,6 @@ def check_value(value: Any, metric: Metric, job: str) -> float:
         raise TypeError(f"metric {metric.name!r} returned {type(value).__name__} for {job}; it must return a float") \
             from None
     if not math.isfinite(value):
-        raise ValueError(f"metric {metric.name!r} returned {value} for {job}; the quantized model may produce "
+        raise UsageError(f"metric {metric.name!r} returned {value} for {job}; the quantized model may produce "
                          "NaN/Inf (check its calibration) or the metric cannot handle this output")
     return value

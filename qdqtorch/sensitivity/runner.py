@@ -27,6 +27,7 @@ from .report import write_outputs
 from .result import build_result
 from .sweep import Evaluator
 from .units import Unit, find_units
+from ..errors import UsageError
 
 
 @dataclass
@@ -52,16 +53,16 @@ class SweepSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r}: choose one of {MODES}")
+            raise UsageError(f"mode {self.mode!r}: choose one of {MODES}")
         if self.reference not in (None, "float", "quantized"):
-            raise ValueError(f"reference {self.reference!r}: choose 'float' or 'quantized'")
+            raise UsageError(f"reference {self.reference!r}: choose 'float' or 'quantized'")
         if self.prefilter is not None and self.prefilter < 1:
-            raise ValueError(f"prefilter must be >= 1, got {self.prefilter}")
+            raise UsageError(f"prefilter must be >= 1, got {self.prefilter}")
         if self.budget is not None:
             self.budget = str(self.budget)
             parse_budget(self.budget)
             if self.shard is not None and self.shard[1] > 1:
-                raise ValueError("--budget needs every unit's result: run the shards without it, merge them, then "
+                raise UsageError("--budget needs every unit's result: run the shards without it, merge them, then "
                                  "rerun the same command with --budget in the merged folder")
 
 
@@ -103,7 +104,7 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
     settings = settings or SweepSettings()
     rank, world = D.rank_and_world()
     if world > 1 and settings.shard is not None and settings.shard[1] > 1:
-        raise ValueError("use either --shard or torchrun, not both")
+        raise UsageError("use either --shard or torchrun, not both")
     with sweep_lock(out_dir, journal_name(settings.shard, rank, world)):
         return _run_locked(model, metric, Path(out_dir), settings, rank, world, proxy_data=proxy_data,
                            proxy_preprocess=proxy_preprocess, base_config=base_config, model_info=model_info,
@@ -135,7 +136,7 @@ def _run_locked(model: nn.Module, metric: Union[Metric, Callable[[nn.Module], fl
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out_dir / "sensitivity_proxy.md", proxy_markdown(proxy))
     elif settings.prefilter is not None:
-        raise ValueError("--prefilter needs the proxy pass: give proxy data (--proxy-images > 0)")
+        raise UsageError("--prefilter needs the proxy pass: give proxy data (--proxy-images > 0)")
     selected = units
     if settings.prefilter is not None and proxy is not None:
         worst = set(proxy.ranking[:settings.prefilter])
@@ -195,7 +196,7 @@ def _run_budget(evaluator: "Evaluator", units: Sequence[Unit], records: Dict[str
                 verify_factory: Optional[Callable[[List[Unit]], nn.Module]], progress: bool) -> dict:
     """Greedy keep-float search over the sweep's ranking, each step journaled, then a fresh verification."""
     if FLOAT not in records or QUANTIZED not in records:
-        raise ValueError("the accuracy budget needs both baselines; merge all shards first")
+        raise UsageError("the accuracy budget needs both baselines; merge all shards first")
     value, relative = parse_budget(settings.budget)
     order = [u.name for u in units]
     by_name = {u.name: u for u in units}
@@ -268,7 +269,7 @@ def merge_outputs(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path],
         for key, rec in recs.items():
             records.setdefault(key, rec)
     if header is None:
-        raise ValueError("merge: the journals hold no header; nothing to merge")
+        raise UsageError("merge: the journals hold no header; nothing to merge")
     meta = {**header["meta"], "settings": {**header["meta"]["settings"], "shard": None}}
     if out_dir.resolve() not in {f.parent.resolve() for f in files}:
         journal = Journal(out_dir / "journal.merged.jsonl", header["fingerprint"], meta)

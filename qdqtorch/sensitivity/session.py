@@ -22,6 +22,7 @@ from .coco_metric import COCO_KEYS, CocoMetric
 from .fingerprint import json_fingerprint
 from .metric import Metric, import_callable
 from .units import Unit
+from ..errors import UsageError
 
 CALIBRATION_KEYS = ("model", "repo", "fold_bn", "calib_data", "calib_split", "num_calib", "batch", "imgsz",
                     "calib_method", "percentile", "weight_method", "ignore", "rules", "quant", "preprocess")
@@ -95,7 +96,7 @@ def _calib_batches(settings: PTQSettings, preprocess: Any):
             if seen >= settings.num_calib:
                 break
         if not batches:
-            raise ValueError(f"--calib-data {settings.calib_data}: yielded no batch")
+            raise UsageError(f"--calib-data {settings.calib_data}: yielded no batch")
         return batches
     from ..data import calibration_loader
     source = settings.calib_data or settings.data
@@ -139,7 +140,7 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
         preprocess = Preprocess.from_dict({**settings.preprocess, "imgsz": settings.imgsz, "stride": source.stride})
     if metric in COCO_KEYS:
         if source.layout is None:
-            raise ValueError(f"--metric {metric} needs a YOLO detector checkpoint; for a '--model module:function' "
+            raise UsageError(f"--metric {metric} needs a YOLO detector checkpoint; for a '--model module:function' "
                              "model pass --metric module:function")
         eval_set = _eval_set(settings, preprocess, source.names, progress and rank == 0)
         the_metric: Metric = CocoMetric(eval_set, source.layout, metric, scorer=settings.scorer,
