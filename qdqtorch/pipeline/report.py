@@ -39,6 +39,7 @@ SUMMARY_FIELDS = {
     "note": "what this run is, when the settings say (e.g. the embedded demo and how small its data is)",
     "settings": "every PTQ setting of the run (scripts/ptq.py options / PTQSettings fields); rerun with --config",
     "versions": "Python, torch, qdqtorch and the optional packages used",
+    "defaults": "where settings left unset took their value from (imgsz: the settings, the checkpoint or 640)",
     "model": "where the model came from, its output layout (yolov5 or ultralytics), class count and max stride",
     "data": "evaluation and calibration sources, image counts and the number of ground-truth boxes",
     "float": "COCO metrics of the float model: map50_95 (mAP@[.50:.95]), map50, per-class AP (per_class, "

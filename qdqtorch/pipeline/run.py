@@ -1,19 +1,22 @@
 """run_ptq: one whole PTQ job (load -> quantize -> calibrate -> evaluate -> export -> report) as a function."""
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from .. import __version__
+from ..errors import UsageError
 from ..host_memory import reuse_freed_memory
 from ..quantize import QuantConfig, calibrate, quantize_model, save_calibration
 from .report import write_reports
-from .settings import PTQSettings
+from .checks import check_settings, stale_outputs
+from .settings import DEFAULT_IMGSZ, PTQSettings
 
 
 @dataclass
@@ -50,6 +53,15 @@ def _quant_config(settings: PTQSettings, default_ignore) -> QuantConfig:
     return QuantConfig.from_dict(config.to_dict(), where="quant section")
 
 
+def _imgsz(settings: PTQSettings, loaded) -> Tuple[int, str]:
+    """The image size and where it came from: the settings, the checkpoint, or the default."""
+    if settings.imgsz is not None:
+        return settings.imgsz, "from the settings"
+    if loaded.imgsz:
+        return loaded.imgsz, "recorded in the checkpoint"
+    return DEFAULT_IMGSZ, "default: the checkpoint records none; pass --imgsz"
+
+
 def _eval_set(settings: PTQSettings, preprocess, names, progress: bool):
     from ..eval import EvalSet
     data = Path(settings.data)
@@ -71,8 +83,16 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     from ..eval import evaluate
     from ..models import PredictionOnly, load_model
 
+    for flag, value in (("--model", settings.model), ("--data", settings.data)):
+        if not value:
+            raise UsageError(f"{flag} is required (with neither --model nor --data, scripts/ptq.py runs the "
+                             "embedded demo)")
+    check_settings(settings)  # bad values, missing files/packages, unwritable --out: now, not after minutes
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in stale_outputs(settings):
+        stale.unlink()
+        log(f"removed {stale} of an earlier run (--no-export: it would not match this run's summary)")
     timings: Dict[str, float] = {}
     summary: Dict[str, Any] = {"settings": settings.to_dict(), "versions": _versions()}
     if settings.note:
@@ -84,7 +104,12 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     timings["load"] = time.perf_counter() - t0
     summary["model"] = {"source": loaded.source, "layout": layout, "classes": loaded.num_classes,
                         "stride": loaded.stride}
-    preprocess = Preprocess.from_dict({**settings.preprocess, "imgsz": settings.imgsz, "stride": loaded.stride})
+    imgsz, origin = _imgsz(settings, loaded)
+    settings = dataclasses.replace(settings, imgsz=imgsz)
+    summary["settings"]["imgsz"] = imgsz
+    summary["defaults"] = {"imgsz": origin}
+    log(f"imgsz {imgsz} ({origin})")
+    preprocess = Preprocess.from_dict({**settings.preprocess, "imgsz": imgsz, "stride": loaded.stride})
 
     t0 = time.perf_counter()
     eval_set = _eval_set(settings, preprocess, loaded.names, progress)
@@ -113,8 +138,9 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     calibrate(model, loader, method=settings.calib_method, weight_method=settings.weight_method,
               device=settings.device, progress=progress, percentile=settings.percentile)
     timings["calibrate"] = time.perf_counter() - t0
-    summary["data"].update(calib=calib_source, calib_split=settings.calib_split, calib_images=loader.num_images)
+    summary["data"].update(calib=calib_source, calib_split=settings.calib_split, calib_images=loader.images_used)
     save_calibration(model, out / "calibration.json")
+    write_reports({**summary, "timings": timings}, out)  # what is done so far survives a later failure
 
     t0 = time.perf_counter()
     result = evaluate(model, eval_set, **eval_kwargs)

@@ -11,6 +11,9 @@ from ..quantize import AMAX_METHODS, RULES, QuantConfig, load_config_file
 from ..calib import WEIGHT_METHODS
 from ..errors import UsageError
 
+DEFAULT_RULES = "tensorrt"  # the placement one ships (README, BENCHMARKS.md §5); --rules none opts out
+DEFAULT_IMGSZ = 640         # when neither the settings nor the checkpoint give one
+
 
 @dataclass
 class PTQSettings:
@@ -22,8 +25,8 @@ class PTQSettings:
     stride come from `imgsz` and the model.
     """
 
-    model: str = "yolov8n.pt"
-    data: str = "coco128.yaml"
+    model: Optional[str] = None               # required: a checkpoint, .safetensors detector or model yaml
+    data: Optional[str] = None                # required: a dataset yaml or image folder with YOLO labels
     out: str = "runs/ptq"
     repo: Optional[str] = None
     calib_data: Optional[str] = None          # default: the dataset's train split
@@ -32,12 +35,13 @@ class PTQSettings:
     num_calib: int = 128
     num_eval: Optional[int] = None
     batch: int = 16
-    imgsz: int = 640
+    imgsz: Optional[int] = None               # default: what the checkpoint records, else 640
     calib_method: str = "mse"                # best measured on YOLOv5n (BENCHMARKS.md §2); "max" is the fastest
     percentile: float = 99.99
     weight_method: str = "max"
     ignore: List[str] = field(default_factory=list)
-    rules: Optional[str] = None               # "tensorrt" / "tensorrt-int8-residual": TensorRT placement rules
+    rules: Optional[str] = DEFAULT_RULES      # TensorRT placement: "tensorrt" (what one ships), "tensorrt-int8-residual",
+                                              # or "none" / None for plain replacement
     fold_bn: bool = False
     device: str = "cpu"
     export: bool = True
@@ -48,7 +52,7 @@ class PTQSettings:
     conf_thres: float = 0.001
     iou_thres: float = 0.65
     max_det: int = 300
-    scorer: str = "pycocotools"
+    scorer: str = "fast"                      # the same numbers as "pycocotools" (tested to 1e-4), much faster
     workers: int = 0
     preprocess: Dict[str, Any] = field(default_factory=dict)   # qdqtorch.data.Preprocess fields (color, mean, ...)
     quant: Dict[str, Any] = field(default_factory=dict)
@@ -59,10 +63,12 @@ class PTQSettings:
             raise UsageError(f"calib_method must be one of {AMAX_METHODS}, got {self.calib_method!r}")
         if self.weight_method not in WEIGHT_METHODS:
             raise UsageError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
+        if self.rules == "none":
+            self.rules = None
         if self.rules not in (None, *RULES):
-            raise UsageError(f"rules must be one of {tuple(RULES)} or unset, got {self.rules!r}")
+            raise UsageError(f"rules must be one of {(*RULES, 'none')}, got {self.rules!r}")
         for name in ("num_calib", "batch", "imgsz"):
-            if int(getattr(self, name)) <= 0:
+            if getattr(self, name) is not None and int(getattr(self, name)) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}")
         if isinstance(self.ignore, str):
             self.ignore = [self.ignore]
