@@ -77,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="exit non-zero when the Q/DQ checker finds errors in the export")
     p.add_argument("--ort-eval", action="store_true", default=S, help="also score the ONNX in ONNX Runtime")
     p.add_argument("--skip-float-eval", action="store_true", default=S, help="skip the float baseline")
-    p.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default fast: the same numbers as pycocotools, faster)")
+    p.add_argument("--scorer", choices=["pycocotools", "fast"], default=S,
+                   help="COCO scorer (default fast: the same numbers as pycocotools, faster)")
     p.add_argument("--workers", type=int, default=S, help="image loading workers (default 0)")
     p.add_argument("--debug", action="store_true", default=S, help="print the full traceback of an error")
     return p.parse_args(argv)

@@ -17,8 +17,8 @@ Writes sensitivity.json (schema: qdqtorch.sensitivity.schema), sensitivity.md (t
 chart), sensitivity_proxy.md and sensitivity_config.yaml (the ignore-list, for `scripts/ptq.py --config`). Every
 evaluation is journaled: rerunning the same command resumes (Ctrl-C is safe); a second sweep into the same --out
 is refused while the first runs. Model/data/calibration options and their defaults (placement rules tensorrt, scorer
-fast) are those of scripts/ptq.py (and --config takes its settings files). Loading a .pt checkpoint unpickles it: only load files you
-trust.
+fast) are those of scripts/ptq.py (and --config takes its settings files). Loading a .pt checkpoint unpickles it:
+only load files you trust.
 """
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def run_parser() -> argparse.ArgumentParser:
                         "on YOLOv5n), or none (plain replacement)")
     g.add_argument("--fold-bn", action="store_true", default=S)
     g.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu; cuda:LOCAL_RANK under torchrun)")
-    g.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default fast: the same numbers as pycocotools, faster)")
+    g.add_argument("--scorer", choices=["pycocotools", "fast"], default=S,
+                   help="COCO scorer (default fast: the same numbers as pycocotools, faster)")
     g.add_argument("--workers", type=int, default=S)
     g.add_argument("--calibration", help="load this calibration file (from save_calibration) instead of calibrating")
     g.add_argument("--calib-distributed", action="store_true",

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "sensitivity.py"
 TOY = ["--model", "test_sensitivity_toy:build_model", "--calib-data", "test_sensitivity_toy:calib_batches",
        "--metric", "test_sensitivity_toy:metric", "--num-calib", "16", "--quiet", "--no-chart",
-       "--calib-method", "max", "--rules", "none"]  # max: distributed calibration then equals one process's exactly (histograms rebin)
+       "--calib-method", "max", "--rules", "none"]
+# max: distributed calibration then equals one process's exactly (histograms rebin); a toy, not a detector: no rules
 
 
 def _env(**extra):

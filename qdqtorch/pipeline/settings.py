@@ -40,7 +40,7 @@ class PTQSettings:
     percentile: float = 99.99
     weight_method: str = "max"
     ignore: List[str] = field(default_factory=list)
-    rules: Optional[str] = DEFAULT_RULES      # TensorRT placement: "tensorrt" (what one ships), "tensorrt-int8-residual",
+    rules: Optional[str] = DEFAULT_RULES      # placement: "tensorrt" (what one ships), "tensorrt-int8-residual",
                                               # or "none" / None for plain replacement
     fold_bn: bool = False
     device: str = "cpu"
