@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .eval_set import EvalSet
 from .evaluate import Predictions, predict, suppress_predictions
 from .scoring import Detections
@@ -72,7 +73,7 @@ class _OutputTap:
         for i in range(n):
             r = ref[i][start:start + rows[i].shape[0]]
             if r.shape != rows[i].shape:
-                raise ValueError(f"output {i} of the candidate has shape {tuple(rows[i].shape[1:])} per image but "
+                raise UsageError(f"output {i} of the candidate has shape {tuple(rows[i].shape[1:])} per image but "
                                  f"the float model's has {tuple(r.shape[1:])}; fidelity compares the same network")
             self.errors[i].add(r, rows[i])
 
@@ -215,12 +216,12 @@ def float_reference(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_th
                     multi_label=False, progress=progress)
     nc = preds.batches[0][1].nc
     if names is not None and len(names) != nc:
-        raise ValueError(f"{len(names)} class names given but the model predicts {nc} classes")
+        raise UsageError(f"{len(names)} class names given but the model predicts {nc} classes")
     names = [str(n) for n in names] if names is not None else [str(c) for c in range(nc)]
     view = dataclasses.replace(eval_set, names=names, category_ids=list(range(nc)), _scorers={}, labelled=True)
     dets, _ = suppress_predictions(preds, view, iou_thres=iou_thres, max_det=max_det)
     if not len(dets) and not allow_empty:
-        raise ValueError(f"the float model detects nothing (no box above conf {conf_thres}) on any of the "
+        raise UsageError(f"the float model detects nothing (no box above conf {conf_thres}) on any of the "
                          f"{len(eval_set)} evaluation images (e.g. {eval_set.paths[0]}): wrong model, wrong images or "
                          f"wrong preprocessing (colour order, mean/std)? Every accuracy figure would be meaningless; "
                          f"pass --allow-empty (allow_empty=True) to go on anyway")
@@ -242,7 +243,7 @@ def fidelity_predictions(candidate: nn.Module, reference: FidelityReference, *, 
 def score_fidelity(preds: Predictions, reference: FidelityReference, *, scorer: str = "fast") -> tuple:
     """Scoring half of `fidelity`: (ScoreResult vs the pseudo ground truth, the candidate's detections)."""
     if preds.batches and preds.batches[0][1].nc != reference.num_classes:
-        raise ValueError(f"the candidate predicts {preds.batches[0][1].nc} classes, the float reference "
+        raise UsageError(f"the candidate predicts {preds.batches[0][1].nc} classes, the float reference "
                          f"{reference.num_classes}: not the same network")
     dets, _ = suppress_predictions(preds, reference.eval_set, iou_thres=reference.settings["iou_thres"],
                                    max_det=reference.settings["max_det"])
@@ -260,7 +261,7 @@ def fidelity(candidate: nn.Module, reference: Union[FidelityReference, nn.Module
     """
     if not isinstance(reference, FidelityReference):
         if eval_set is None or layout is None:
-            raise ValueError("fidelity(candidate, float_model, eval_set, layout=...): a float model as reference "
+            raise UsageError("fidelity(candidate, float_model, eval_set, layout=...): a float model as reference "
                              "needs the eval set and the layout")
         reference = float_reference(reference, eval_set, layout=layout, batch_size=batch_size, progress=progress)
     t0 = time.perf_counter()

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from torch import nn
 
+from ..errors import UsageError
 from .metric import Metric
 
 FIDELITY_KEYS = ("map50_95", "map50")
@@ -19,7 +20,7 @@ class FidelityMetric(Metric):
     def __init__(self, reference: Any, key: str = "map50_95", *, batch_size: int = 16,
                  data: Optional[str] = None) -> None:
         if key not in FIDELITY_KEYS:
-            raise ValueError(f"fidelity metric {key!r}: choose one of {FIDELITY_KEYS}")
+            raise UsageError(f"fidelity metric {key!r}: choose one of {FIDELITY_KEYS}")
         self.reference, self.key, self.batch_size = reference, key, batch_size
         es = reference.eval_set
         files = hashlib.sha256("\n".join(str(p) for p in es.paths).encode()).hexdigest()

@@ -8,6 +8,7 @@ file is a PTQ config that reproduces the sweep's model. `model`, `calib_data` an
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +16,19 @@ from typing import Any, Callable, List, Optional
 
 from torch import nn
 
+from ..errors import UsageError
 from ..ptq import (PTQSettings, Prepared, calibrate, calibration_data, calibration_kwargs, load_float, prepare,
                    quantize, samples_in)
+from ..ptq.checks import check_settings
 from ..quantize import load_calibration, save_calibration
 from ..user_code import import_callable, is_callable_spec
 from . import distributed as D
 from .coco_metric import COCO_KEYS, CocoMetric
 from .fidelity_metric import FIDELITY_METRICS, FidelityMetric, sweep_metric_name
 from .fingerprint import json_fingerprint
+from .lock import sweep_lock
 from .metric import Metric
-from .runner import SweepSettings, run_sensitivity
+from .runner import SweepSettings, journal_name, run_sensitivity
 from .units import Unit
 
 CALIBRATION_KEYS = ("model", "repo", "fold_bn", "calib_data", "calib_split", "num_calib", "batch", "imgsz",
@@ -134,7 +138,7 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
     requested = metric
     detector = metric in COCO_KEYS or metric in FIDELITY_METRICS
     if detector and is_callable_spec(settings.model):
-        raise ValueError(f"--metric {metric} needs a YOLO detector checkpoint; for a '--model module:function' "
+        raise UsageError(f"--metric {metric} needs a YOLO detector checkpoint; for a '--model module:function' "
                          "model pass --metric module:function")
     prep = prepare(settings, with_eval_set=detector, reference_outputs=0, progress=progress and rank == 0)
     if detector:
@@ -145,7 +149,7 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
                                         iou_thres=settings.iou_thres, max_det=settings.max_det, data=settings.data)
     elif metric in FIDELITY_METRICS:
         if prep.reference is None or not prep.reference.num_boxes:
-            raise ValueError(f"--metric {metric}: the float model detects nothing on {settings.data}, so there is "
+            raise UsageError(f"--metric {metric}: the float model detects nothing on {settings.data}, so there is "
                              "nothing to agree with; check the model, the images and the preprocessing")
         the_metric = FidelityMetric(prep.reference, FIDELITY_METRICS[metric], batch_size=settings.batch,
                                     data=settings.data)
@@ -181,11 +185,14 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
 
 def run_session(settings: SensitivitySettings) -> Optional[dict]:
     """A whole command-line sweep: build the session (calibrating or loading), then run the sweep on it."""
-    rank, _ = D.rank_and_world()
+    rank, world = D.rank_and_world()
     out = Path(settings.out)
-    session = build_session(settings.ptq, out, metric=settings.metric, proxy_images=settings.proxy_images,
-                            calibration=settings.calibration, calib_distributed=settings.calib_distributed,
-                            higher_is_better=settings.higher_is_better, progress=settings.progress)
-    if rank == 0 and settings.progress:
-        print(f"calibration: {session.calibration_note}", file=sys.stderr)
-    return session.run(out, settings.sweep, fresh=settings.fresh, progress=settings.progress)
+    check_settings(dataclasses.replace(settings.ptq, out=str(out), export=False, ort_eval=False))
+    # before the calibration: a second sweep on this --out is refused in a second, not after minutes
+    with sweep_lock(out, journal_name(settings.sweep.shard, rank, world)):
+        session = build_session(settings.ptq, out, metric=settings.metric, proxy_images=settings.proxy_images,
+                                calibration=settings.calibration, calib_distributed=settings.calib_distributed,
+                                higher_is_better=settings.higher_is_better, progress=settings.progress)
+        if rank == 0 and settings.progress:
+            print(f"calibration: {session.calibration_note}", file=sys.stderr)
+        return session.run(out, settings.sweep, fresh=settings.fresh, progress=settings.progress)
