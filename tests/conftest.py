@@ -12,6 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QDQTORCH_SHARED", REPO_ROOT.parent / "shared")).resolve()
 COCO128 = SHARED / "data" / "coco128"
 YOLOV5N = SHARED / "models" / "yolov5n.pt"
+PPE_YOLOV5N = SHARED / "models" / "ppe_yolov5n.pt"
 YOLOV5_REPO_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "yolov5_repo"
 
 
@@ -32,3 +33,9 @@ def coco128_dir() -> Path:
 def yolov5n_path() -> Path:
     """The official YOLOv5n checkpoint in ../shared/models."""
     return _require(YOLOV5N, "yolov5n.pt checkpoint")
+
+
+@pytest.fixture(scope="session")
+def ppe_yolov5n_path() -> Path:
+    """A third-party YOLOv5n fine-tuned on 2 classes (helmet, vest), no labels for it here."""
+    return _require(PPE_YOLOV5N, "ppe_yolov5n.pt checkpoint")
