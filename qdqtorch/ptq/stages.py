@@ -303,9 +303,12 @@ def calibrate(prep: Prepared, data: Optional[Iterable] = None, *, progress: bool
         if message:
             prep.warn(message)
 
-    checked = (_SizedFirstBatchChecked if hasattr(data, "__len__") else _FirstBatchChecked)(data, check_range)
+    # the expected range is known for a detector checkpoint or declared preprocessing, not for a bare nn.Module
+    fed: Iterable = data
+    if prep.loaded is not None or s.preprocess:
+        fed = (_SizedFirstBatchChecked if hasattr(data, "__len__") else _FirstBatchChecked)(data, check_range)
     t0 = time.perf_counter()
-    calibrate_model(prep.model, checked, progress=progress, **calibration_kwargs(s))
+    calibrate_model(prep.model, fed, progress=progress, **calibration_kwargs(s))
     prep.timings["calibrate"] = time.perf_counter() - t0
     for message in check_amax(prep.model, warn=False):
         prep.warn(message)

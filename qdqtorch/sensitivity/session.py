@@ -178,8 +178,7 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
                    extra_settings={"ptq": settings.to_dict(), "calibration": {
                        "method": settings.calib_method, "weight_method": settings.weight_method,
                        "num_calib": settings.num_calib, "file": cal_file.name},
-                       "proxy_images": proxy_images, "metric_requested": requested,
-                       "warnings": prep.summary.get("warnings", [])},
+                       "proxy_images": proxy_images, "metric_requested": requested},
                    verify_factory=verify_factory, calibration_file=cal_file, calibration_note=how)
 
 
