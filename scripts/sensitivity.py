@@ -119,8 +119,9 @@ def merge_parser() -> argparse.ArgumentParser:
 def _summary(result: dict) -> str:
     base = result["baselines"]
     noise = result.get("noise")
-    lines = [f"metric {result['settings'].get('metric')}: float {base.get('float', {}).get('metric', float('nan')):.4f}, "
-             f"all quantized {base.get('quantized', {}).get('metric', float('nan')):.4f}; noise (bootstrap std over "
+    lines = [f"metric {result['settings'].get('metric')}: "
+             f"float {base.get('float', {}).get('metric', float('nan')):.4f}, all quantized "
+             f"{base.get('quantized', {}).get('metric', float('nan')):.4f}; noise (bootstrap std over "
              f"the images) {'unknown' if noise is None else format(noise['std'], '.4f')}; most sensitive:"]
     lines += [f"  {e['rank']:>3}. {e['unit']:<40} impact {e['impact']:+.4f}"
               + ("" if e.get("significant") is None else "" if e["significant"] else "  (within the noise)")

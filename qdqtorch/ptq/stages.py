@@ -4,8 +4,8 @@
 model's own detections: the score that needs no labels), builds the QuantConfig, quantizes and applies the
 placement; every later stage works on the `Prepared` it returns and records its numbers, seconds and warnings in it,
 so `report` writes exactly what ran. The sanity checks (random weights, classes not the dataset's, a float model
-that detects nothing, dead or wrongly scaled calibration inputs, calibrating on the evaluation images) run here. `qdqtorch.pipeline.run_ptq` composes them; the sensitivity session and the benchmarks call
-the same stages.
+that detects nothing, dead or wrongly scaled calibration inputs, calibrating on the evaluation images) run here.
+`qdqtorch.pipeline.run_ptq` composes them; the sensitivity session and the benchmarks call the same stages.
 """
 from __future__ import annotations
 
