@@ -4,12 +4,16 @@
 Quantizes and calibrates the model as scripts/ptq.py does, then evaluates it once per layer with only that layer's
 quantizers switched off (disable-one; --mode enable-one does the opposite), ranks the layers by the mAP they cost, and,
 with --budget, picks the fewest layers to keep float so that INT8 stays within the budget of float. CPU is enough.
+Without labels (or when the model's classes are not the dataset's) the metric is fidelity, the agreement with the
+float model's own detections (--metric fidelity asks for it); only impacts above the metric's noise (a bootstrap over
+the images, printed) are recommended.
 
 examples:
   python scripts/sensitivity.py --out runs/sens_demo
       the embedded demo (no --model/--data), as scripts/ptq.py: about 15 s on 2 CPU cores
   python scripts/sensitivity.py --model ../shared/models/yolov5n.pt --repo tests/fixtures/yolov5_repo \\
       --data ../shared/data/coco128/coco128.yaml --imgsz 320 --num-eval 64 --budget 0.003 --out runs/sens
+  python scripts/sensitivity.py --model my_custom_classes.pt --data my_unlabelled_images/ --metric fidelity
   torchrun --nproc-per-node 4 scripts/sensitivity.py ...          (units split across ranks, rank 0 writes)
   python scripts/sensitivity.py ... --shard 0/8   then   python scripts/sensitivity.py merge DIR [DIR ...] --out DIR
 
