@@ -65,6 +65,8 @@ def run_parser() -> argparse.ArgumentParser:
                         "float), tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; -0.010 mAP50-95 "
                         "on YOLOv5n), or none (plain replacement)")
     g.add_argument("--fold-bn", action="store_true", default=S)
+    g.add_argument("--no-fuse-reparam", dest="fuse_reparam", action="store_false", default=S,
+                   help="keep RepConv blocks in their training form (default: fused, as deployed)")
     g.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu; cuda:LOCAL_RANK under torchrun)")
     g.add_argument("--scorer", choices=["pycocotools", "fast"], default=S,
                    help="COCO scorer (default fast: the same numbers as pycocotools, faster)")

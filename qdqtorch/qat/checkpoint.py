@@ -12,6 +12,7 @@ from torch import nn
 from ..atomic import atomic_output
 from ..nn import CalibrationError
 from ..quantize import named_quantizers
+from ..quantize.state import check_saved_format
 from ._util import unwrap
 from ..errors import UsageError
 
@@ -118,10 +119,7 @@ def load_qat_checkpoint(model: nn.Module, path: Union[str, Path], *, strict: boo
         q = quantizers.get(name)
         if q is None:
             continue
-        for key in ("num_bits", "axis"):
-            if entry.get(key) != getattr(q, key):
-                raise CalibrationError(f"load_qat_checkpoint: {path}: quantizer {name} was saved with {key}="
-                                       f"{entry.get(key)} but the model's has {key}={getattr(q, key)}")
+        check_saved_format(q, name, entry, f"load_qat_checkpoint: {path}")
         if restore_flags:
             if entry.get("learn_amax") and not q.learn_amax:
                 q.desc = q.desc.replace(learn_amax=True)

@@ -67,6 +67,14 @@ def _read(path: Path) -> Dict[str, dict]:
     raise UsageError(f"load_calibration: {path}: expected a .json or .safetensors file")
 
 
+def check_saved_format(q: TensorQuantizer, name: str, entry: Dict, where: str) -> None:
+    """A saved quantizer entry (calibration or QAT checkpoint) must have the model quantizer's num_bits and axis."""
+    for key in ("num_bits", "axis"):
+        if entry.get(key) != getattr(q, key):
+            raise CalibrationError(f"{where}: quantizer {name} was saved with {key}={entry.get(key)} but the "
+                                   f"model's has {key}={getattr(q, key)}")
+
+
 def load_calibration(model: nn.Module, path: Union[str, Path], strict: bool = True) -> int:
     """Load amax values saved by `save_calibration` into a quantized model (on whatever device it lives).
 
@@ -89,10 +97,7 @@ def load_calibration(model: nn.Module, path: Union[str, Path], strict: bool = Tr
         q = quantizers.get(name)
         if q is None:
             continue
-        for key in ("num_bits", "axis"):
-            if entry.get(key) != getattr(q, key):
-                raise CalibrationError(f"load_calibration: {path}: quantizer {name} was saved with {key}="
-                                       f"{entry.get(key)} but the model's has {key}={getattr(q, key)}")
+        check_saved_format(q, name, entry, f"load_calibration: {path}")
         if entry.get("amax") is not None:
             try:
                 q.amax = entry["amax"]

@@ -47,7 +47,7 @@ class FidelityMetric(Metric):
     def infer(self, model: nn.Module) -> Any:
         """The model's NMS candidates over the reference images (the part that needs the model)."""
         from ..eval.fidelity import fidelity_predictions
-        return fidelity_predictions(model, self.reference, batch_size=self.batch_size, outputs=False)[0]
+        return fidelity_predictions(model, self.reference, batch_size=self.batch_size)
 
     def detections(self, raw: Any) -> Any:
         """Suppressed detections of one inference (for the noise bootstrap)."""
