@@ -110,8 +110,9 @@ SUMMARY_FIELDS = {
                 "float model's detections exactly), the reference box count, and outputs: SNR (dB) and cosine of "
                 "every output tensor against float on the first images (the whole-network error)",
     "recovery": "label-free weight re-rounding after calibration (--recover): method, images, seconds, skipped layers",
-    "timings": "seconds per stage: load, eval_set, float_reference, float_eval, calibrate, recover, int8_eval, "
-               "int8_eval_fidelity, export, ort_eval, ort_eval_fidelity",
+    "timings": "seconds per stage: load, eval_set, float_eval (the float pass: COCO mAP and the fidelity reference) "
+               "or float_reference (no labels), calibrate, recover, int8_eval, export, ort_eval (each evaluation: "
+               "COCO mAP and fidelity from one pass)",
     "fields": "this explanation of the keys",
 }
 

@@ -153,28 +153,40 @@ def check_labels(prep: Prepared, log=print) -> None:
         data["score"] = "COCO mAP against the labels, and fidelity"
 
 
-def take_reference(prep: Prepared, *, outputs: int = 8, progress: bool = True) -> None:
+def take_reference(prep: Prepared, *, outputs: int = 8, evaluate_float: bool = False, progress: bool = True,
+                   log=print) -> None:
     """The float model's detections on the evaluation images as fidelity's ground truth (and its outputs on the
-    first `outputs` images, for the per-output SNR/cosine), taken once before quantizing. A float model that
-    detects nothing at all is an error unless settings.allow_empty: every figure would be meaningless."""
-    from ..eval import float_reference
+    first `outputs` images, for the per-output SNR/cosine), taken once before quantizing; with `evaluate_float` and
+    meaningful labels, the float COCO mAP comes from the same pass. A float model that detects nothing at all is an
+    error unless settings.allow_empty: every figure would be meaningless."""
+    from ..eval import evaluate as evaluate_model
+    from ..eval import predict
+    from ..eval.fidelity import reference_from, reference_tap
     from ..quantize import disable_quantization
-    s = prep.settings
-    if prep.eval_set is None or prep.loaded is None:
+    s, es, loaded = prep.settings, prep.eval_set, prep.loaded
+    if es is None or loaded is None:
         return
+    tap = reference_tap(loaded.layout, outputs)
     t0 = time.perf_counter()
     with disable_quantization(prep.model):     # a no-op before quantize(); float again if called after it
-        prep.reference = float_reference(prep.model, prep.eval_set, layout=prep.loaded.layout, batch_size=s.batch,
-                                         names=prep.loaded.names, output_images=outputs,
-                                         allow_empty=s.allow_empty, progress=progress)
-    prep.timings["float_reference"] = time.perf_counter() - t0
+        if evaluate_float and prep.labels_meaningful:
+            result = evaluate_model(prep.model, es, select=tap, **eval_kwargs(prep, progress))
+            prep.timings["float_eval"] = time.perf_counter() - t0
+            prep.summary["float"] = result.to_dict()
+            log(f"{EVALUATIONS['float'][1]}: {result}")
+        else:
+            predict(prep.model, es, layout=loaded.layout, conf_thres=tap.conf_thres, batch_size=s.batch, select=tap,
+                    multi_label=False, progress=progress)
+            prep.timings["float_reference"] = time.perf_counter() - t0
+    prep.reference = reference_from(tap, es, names=loaded.names, allow_empty=s.allow_empty,
+                                    seconds=time.perf_counter() - t0)
     prep.summary.setdefault("data", {})["fidelity_reference"] = prep.reference.describe()
     if 0 < prep.reference.num_boxes < FEW_REFERENCE_BOXES:
-        prep.warn(f"the float model detects only {prep.reference.num_boxes} boxes on the {len(prep.eval_set)} "
-                  f"evaluation images of {s.data}: fidelity rests on so few that it can only tell large changes; "
-                  f"evaluate on more images, or on images of the model's own domain")
+        prep.warn(f"the float model detects only {prep.reference.num_boxes} boxes on the {len(es)} evaluation "
+                  f"images of {s.data}: fidelity rests on so few that it can only tell large changes; evaluate on "
+                  f"more images, or on images of the model's own domain")
     if prep.reference.num_boxes == 0:
-        prep.warn(f"the float model detects nothing on the {len(prep.eval_set)} evaluation images of {s.data} "
+        prep.warn(f"the float model detects nothing on the {len(es)} evaluation images of {s.data} "
                   f"(--allow-empty): fidelity cannot be scored and mAP is meaningless; check the model, the images "
                   f"and the preprocessing")
 
@@ -214,9 +226,7 @@ def prepare(settings: PTQSettings, *, with_eval_set: bool = True, evaluate_float
                                 "eval_images": len(prep.eval_set), "labelled": prep.eval_set.labelled,
                                 "eval_boxes": prep.eval_set.num_annotations if prep.eval_set.labelled else None}
         check_labels(prep, log)
-        take_reference(prep, outputs=reference_outputs, progress=progress)
-        if evaluate_float:
-            evaluate(prep, "float", progress=progress, log=log)
+        take_reference(prep, outputs=reference_outputs, evaluate_float=evaluate_float, progress=progress, log=log)
         prep.sample = next(prep.eval_set.batches(1, settings.device))[1]
     prep.config, prep.quant_report, prep.placement_report = quantize(model, settings, prep.default_ignore,
                                                                      prep.sample)
@@ -353,25 +363,31 @@ def evaluate(prep: Prepared, key: str = "int8", model: Optional[nn.Module] = Non
     """Score `model` (default: the prepared model) on the cached evaluation images and record it as `key` (float,
     int8 or int8_onnxruntime) in the summary: COCO mAP when the labels mean something (`labels_meaningful`), and
     for a quantized model always its fidelity against the float reference (summary["fidelity"][key], with the
-    SNR/cosine of every output tensor). Returns the EvalResult, or None when the run is scored by fidelity alone."""
+    SNR/cosine of every output tensor), both from one inference pass. Returns the EvalResult, or None when the run
+    is scored by fidelity alone."""
     from ..eval import evaluate as evaluate_model
-    from ..eval import fidelity
+    from ..eval import predict
+    from ..eval.fidelity import candidate_tap, score_tap
     if prep.eval_set is None:
         raise UsageError("evaluate: prepare() was called with_eval_set=False")
     timing, label = EVALUATIONS[key]
     model = prep.model if model is None else model
+    ref = prep.reference
+    tap = candidate_tap(ref) if key != "float" and ref is not None and ref.num_boxes else None
     result = None
+    t0 = time.perf_counter()
     if prep.labels_meaningful:
-        t0 = time.perf_counter()
-        result = evaluate_model(model, prep.eval_set, **eval_kwargs(prep, progress))
+        result = evaluate_model(model, prep.eval_set, select=tap, **eval_kwargs(prep, progress))
         prep.timings[timing] = time.perf_counter() - t0
         prep.summary[key] = result.to_dict()
         log(f"{label}: {result}")
-    if key != "float" and prep.reference is not None and prep.reference.num_boxes:
-        t0 = time.perf_counter()
-        fid = fidelity(model, prep.reference, batch_size=prep.settings.batch, scorer=prep.settings.scorer,
-                       progress=progress)
-        prep.timings[f"{timing}_fidelity"] = time.perf_counter() - t0
+    elif tap is not None:
+        predict(model, prep.eval_set, layout=ref.layout, conf_thres=tap.conf_thres, batch_size=prep.settings.batch,
+                select=tap, multi_label=False, progress=progress)
+    if tap is not None:
+        inference = time.perf_counter() - t0
+        fid = score_tap(tap, ref, scorer=prep.settings.scorer, timings={"inference": inference})
+        prep.timings[timing] = time.perf_counter() - t0
         prep.summary.setdefault("fidelity", {})[key] = fid.to_dict()
         log(f"{label}: {fid}")
     return result
