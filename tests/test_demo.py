@@ -59,6 +59,12 @@ def test_demo_runs_the_whole_main_job(demo_run):
     assert summary["float"]["map50_95"] > 0.5
     assert summary["int8"]["map50_95"] > summary["float"]["map50_95"] - 0.03
     assert abs(summary["int8_onnxruntime"]["map50_95"] - summary["int8"]["map50_95"]) < 0.03
+    # labelled and the model's classes: COCO mAP and fidelity side by side, fidelity close to 1 for both INT8 models
+    assert summary["data"]["score"].startswith("COCO mAP") and set(summary["fidelity"]) == {"int8", "int8_onnxruntime"}
+    fid = summary["fidelity"]
+    assert 0.95 < fid["int8"]["map50_95"] <= 1
+    assert abs(fid["int8_onnxruntime"]["map50_95"] - fid["int8"]["map50_95"]) < 0.01
+    assert "fidelity mAP50-95" in proc.stdout and "whole-network error" in proc.stdout
     assert not summary["qdq_check"]["errors"]
     assert (out / "model.qdq.onnx").stat().st_size > 0 and (out / "calibration.json").is_file()
 
