@@ -51,7 +51,7 @@ def test_demo_runs_the_whole_main_job(demo_run):
     assert summary["data"]["eval_images"] == 32 and summary["data"]["calib_images"] == 32
     assert summary["settings"]["rules"] == "tensorrt" and summary["quantization"]["replaced"]
     rules = summary["quantization"]["rules"]  # the placement step's report sits beside the quantize_model report
-    assert set(rules) == {"groups", "residual_adds", "disabled", "skipped", "stats"} and rules["groups"]
+    assert set(rules) == {"groups", "residual_adds", "disabled", "skipped", "float_ops", "stats"} and rules["groups"]
     # a detector that detects: well above chance on its own val images, and INT8 close to it
     assert summary["float"]["map50_95"] > 0.5
     assert summary["int8"]["map50_95"] > summary["float"]["map50_95"] - 0.03
