@@ -208,7 +208,8 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
     Tying shares one TiedQuantizer object, so calibration (collect_stats / compute_amax / calibrate) sees the union of
     the members' statistics and every member reads the same amax. New quantizers use `quant_desc` (default: the
     descriptor of the model's first activation quantizer). Apply again with the same input before loading a saved
-    calibration into a fresh model. `verify` re-traces the result and reports anything left undone.
+    calibration into a fresh model. The result is traced once more for the residual report; `verify` also reports
+    from that trace anything left undone.
     """
     if not any(True for _ in named_quantizers(model)):
         raise ValueError("apply_tensorrt_rules: the model has no TensorQuantizer; run quantize_model first")
