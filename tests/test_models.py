@@ -373,3 +373,11 @@ def test_broken_yolov5_package_is_one_clear_error(yolov5n_path, tmp_path, monkey
     with pytest.raises(ModelLoadError, match=r"installed `yolov5` package failed.*qdqtorch_missing_requirement.*"
                                              r"pass --repo PATH"):
         load_model(yolov5n_path)
+
+
+def test_demo_detector_records_its_training_image_size():
+    """The demo detector was trained at 256 px: load_model reports it so evaluations default to it, not 640."""
+    from conftest import REPO_ROOT
+    from qdqtorch.models import load_model
+    loaded = load_model(REPO_ROOT / "assets" / "demo" / "shapes_detector.safetensors")
+    assert loaded.imgsz == 256 and loaded.names == ["circle", "square", "triangle"]

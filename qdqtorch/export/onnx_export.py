@@ -30,7 +30,9 @@ import onnx
 import torch
 from torch import nn
 
+from ..atomic import atomic_output
 from ..nn.tensor_quantizer import TensorQuantizer
+from ..errors import QdqtorchError, UsageError
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
 MAX_OPSET = 20  # highest opset the automatic choice climbs to (TensorRT 10 parses up to 20)
@@ -38,7 +40,7 @@ MAX_OPSET = 20  # highest opset the automatic choice climbs to (TensorRT 10 pars
 _ADDED_IN = re.compile(r"operator '([^']+)'.*added in version (\d+)", re.DOTALL)
 
 
-class ExportError(RuntimeError):
+class ExportError(QdqtorchError, RuntimeError):
     """The model cannot be exported as a Q/DQ graph as it is; the message says which part and what to do."""
 
 
@@ -83,7 +85,7 @@ def _check_device(model: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if not isinstance(a, torch.Tensor):
             raise TypeError(f"export_onnx: sample input {i} is a {type(a).__name__}, expected a torch.Tensor")
         if param is not None and a.device != param.device:
-            raise ValueError(f"export_onnx: sample input {i} is on {a.device} but the model is on {param.device}; "
+            raise UsageError(f"export_onnx: sample input {i} is on {a.device} but the model is on {param.device}; "
                              "move one of them")
 
 
@@ -178,7 +180,7 @@ def _dynamic_axes(names: list[str], batch: bool, extra: Mapping[str, Mapping[int
     """torch's dynamic_axes: axis 0 "batch" of every input/output when `batch`, plus the `extra` named axes."""
     unknown = sorted(set(extra or {}) - set(names))
     if unknown:
-        raise ValueError(f"export_onnx: dynamic_axes names {unknown}, which are not among the inputs/outputs {names}")
+        raise UsageError(f"export_onnx: dynamic_axes names {unknown}, which are not among the inputs/outputs {names}")
     axes: dict[str, dict[int, str]] = {n: ({0: "batch"} if batch else {}) for n in names}
     for name, more in (extra or {}).items():
         axes[name].update({int(k): str(v) for k, v in more.items()})
@@ -207,10 +209,10 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
     output1, output2, ...; the model's train/eval modes are restored.
     """
     if opset is not None and opset < MIN_OPSET:
-        raise ValueError(f"export_onnx: opset {opset} is too old; per-channel Q/DQ needs opset >= {MIN_OPSET}")
+        raise UsageError(f"export_onnx: opset {opset} is too old; per-channel Q/DQ needs opset >= {MIN_OPSET}")
     args = (sample,) if isinstance(sample, torch.Tensor) else tuple(sample)
     if len(input_names) != len(args):
-        raise ValueError(f"export_onnx: {len(args)} sample input(s) but {len(input_names)} input name(s) "
+        raise UsageError(f"export_onnx: {len(args)} sample input(s) but {len(input_names)} input name(s) "
                          f"{list(input_names)}")
     _check_device(model, args)
     problems = _quantizer_problems(model)
@@ -222,37 +224,39 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    modes = {name: m.training for name, m in model.named_modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            try:
-                outputs = _flat_tensors(model(*args))  # dry run: clear errors before tracing, and count outputs
-            except Exception as exc:
-                shapes = [tuple(a.shape) for a in args]
-                raise ExportError(f"export_onnx: the model failed on the sample input(s) of shape {shapes}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-            if not outputs:
-                raise ExportError("export_onnx: the model returned no tensors")
-            if len(output_names) > len(outputs):
-                raise ValueError(f"export_onnx: {len(output_names)} output names for {len(outputs)} output(s)")
-            out_names = list(output_names)
-            extra = (f"output{i}" for i in range(len(outputs) * 2) if f"output{i}" not in output_names)
-            out_names += [next(extra) for _ in range(len(outputs) - len(output_names))]
-            axes = _dynamic_axes([*input_names, *out_names], dynamic_batch, dynamic_axes)
-            with _weights_on_the_grid(model):
-                _export_at_lowest_opset(model, args, path, opset, list(input_names), out_names, axes)
-    finally:
-        _restore_modes(model, modes)
+    # written beside `path` and renamed when complete: a failed or interrupted export never leaves a truncated file
+    with atomic_output(path) as tmp:
+        modes = {name: m.training for name, m in model.named_modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                try:
+                    outputs = _flat_tensors(model(*args))  # dry run: clear errors before tracing, and count outputs
+                except Exception as exc:
+                    shapes = [tuple(a.shape) for a in args]
+                    raise ExportError(f"export_onnx: the model failed on the sample input(s) of shape {shapes}: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+                if not outputs:
+                    raise ExportError("export_onnx: the model returned no tensors")
+                if len(output_names) > len(outputs):
+                    raise UsageError(f"export_onnx: {len(output_names)} output names for {len(outputs)} output(s)")
+                out_names = list(output_names)
+                extra = (f"output{i}" for i in range(len(outputs) * 2) if f"output{i}" not in output_names)
+                out_names += [next(extra) for _ in range(len(outputs) - len(output_names))]
+                axes = _dynamic_axes([*input_names, *out_names], dynamic_batch, dynamic_axes)
+                with _weights_on_the_grid(model):
+                    _export_at_lowest_opset(model, args, tmp, opset, list(input_names), out_names, axes)
+        finally:
+            _restore_modes(model, modes)
 
-    proto = onnx.load(str(path))
-    if metadata:
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = str(key), value if isinstance(value, str) else str(value)
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"export_onnx: the exported graph {path} fails onnx.checker: {exc}") from exc
-    onnx.save(proto, str(path))
+        proto = onnx.load(str(tmp))
+        if metadata:
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = str(key), value if isinstance(value, str) else str(value)
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"export_onnx: the exported graph {path} fails onnx.checker: {exc}") from exc
+        onnx.save(proto, str(tmp))
     return path

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UsageError, missing_dependency
+
 
 class OnnxRuntimeModule(nn.Module):
     """forward(x) runs the ONNX model in ONNX Runtime (CPU unless `providers` says otherwise); returns its first
@@ -23,7 +25,7 @@ class OnnxRuntimeModule(nn.Module):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ImportError("OnnxRuntimeModule needs onnxruntime: pip install 'qdqtorch[onnx]'") from exc
+            raise missing_dependency("onnxruntime", "OnnxRuntimeModule", "onnx") from exc
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
         options = ort.SessionOptions()
@@ -38,7 +40,7 @@ class OnnxRuntimeModule(nn.Module):
 
     def forward(self, *inputs: torch.Tensor):
         if len(inputs) != len(self.input_names):
-            raise ValueError(f"{self.path} takes {len(self.input_names)} input(s) {self.input_names}, "
+            raise UsageError(f"{self.path} takes {len(self.input_names)} input(s) {self.input_names}, "
                              f"got {len(inputs)}")
         arrays = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in inputs]
         n = arrays[0].shape[0]

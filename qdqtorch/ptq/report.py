@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 import torch
 
 from .. import __version__
-from ..quantize import atomic_write_text
+from ..atomic import atomic_write_text
 
 
 def versions() -> Dict[str, str]:
@@ -54,6 +54,7 @@ SUMMARY_FIELDS = {
     "note": "what this run is, when the settings say (e.g. the embedded demo and how small its data is)",
     "settings": "every PTQ setting of the run (scripts/ptq.py options / PTQSettings fields); rerun with --config",
     "versions": "Python, torch, qdqtorch and the optional packages used",
+    "defaults": "where settings left unset took their value from (imgsz: the settings, the checkpoint or 640)",
     "model": "where the model came from, its output layout (yolov5 or ultralytics), class count and max stride",
     "data": "evaluation and calibration sources, image counts and the number of ground-truth boxes",
     "float": "COCO metrics of the float model: map50_95 (mAP@[.50:.95]), map50, per-class AP (per_class, "
@@ -104,4 +105,4 @@ def write_reports(summary: Dict[str, Any], out: Path) -> None:
     lines.append("- timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.get("timings", {}).items()))
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()))
     lines += ["", "## summary.json", ""] + [f"- `{k}`: {v}" for k, v in summary["fields"].items()]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

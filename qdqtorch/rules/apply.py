@@ -21,6 +21,7 @@ from .rules_report import RulesReport, TiedGroup
 from .hook_sites import Placer, add_hook
 from .tied import TiedQuantizer
 from .trace import Graph, Node, trace_graph
+from ..errors import UsageError
 
 _TIED_FIELDS = ("num_bits", "axis", "unsigned", "narrow_range", "fake_quant", "learn_amax", "amax")
 _FLOAT_MATMUL_WHY = ("product of two activations (attention): no module holds a quantizer for it, and attention is "
@@ -212,7 +213,7 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
     from that trace anything left undone.
     """
     if not any(True for _ in named_quantizers(model)):
-        raise ValueError("apply_tensorrt_rules: the model has no TensorQuantizer; run quantize_model first")
+        raise UsageError("apply_tensorrt_rules: the model has no TensorQuantizer; run quantize_model first")
     report = RulesReport()
     _disable_float_modules(model, float_modules, report)
     weight_ids = weight_quantizer_ids(model)
