@@ -266,7 +266,9 @@ def _report_residuals(g: Graph, plan: Plan, weight_ids: Set[int], residual: str,
                  else f"{g.nodes[r.conv].target}@{g.nodes[r.conv].module}"}
         if not quantized:
             entry["shortcut"] = "float"
-            entry["why"] = "residual='float': the Add reads its shortcut unquantized and runs as its own layer"
+            entry["why"] = ("residual='float': the Add reads its shortcut unquantized and runs as its own layer"
+                            if residual == "float" else "residual='int8' but the shortcut could not be quantized "
+                            "(see the skipped entries): the Add reads it unquantized")
         else:
             entry["shortcut"] = "int8" if len(quantized) == len(sources) else "mixed"
             if residual == "int8":
