@@ -86,7 +86,10 @@ def _detector_row(index: int, spec: dict, out: Path) -> dict:
     rules = s["quantization"].get("rules", {})
     row.update(loads=s["model"]["source"].split(":")[0], layout=s["model"]["layout"],
                int8_layers=len(s["quantization"]["replaced"]), float_layers=len(s["quantization"]["ignored"]),
-               rules_groups=len(rules.get("groups", [])), check_errors=len(s["qdq_check"]["errors"]),
+               rules_groups=len(rules.get("groups", [])),
+               shortcuts={k: sum(r.get("shortcut") == k for r in rules.get("residual_adds", []))
+                          for k in ("int8", "float")},
+               kept_float=[op for op, _ in rules.get("float_ops", [])], check_errors=len(s["qdq_check"]["errors"]),
                check_error_rules=sorted({e["rule"] for e in s["qdq_check"]["errors"]}),
                int8_map=s["int8"]["map50_95"], ort_map=s["int8_onnxruntime"]["map50_95"],
                max_score_diff=_score_agreement(result.model, s["model"]["layout"], Path(s["onnx"]), spec["imgsz"]),
@@ -108,14 +111,15 @@ def _transformer_row(out: Path) -> dict:
     s = example.run(out / "transformer")
     check = check_qdq(s["onnx"])
     return {"family": "transformer encoder (examples/transformer_encoder.py, random init)", "loads": "nn.Module",
-            "int8_layers": len(s["quantized_layers"]), "float_layers": 0, "rules_groups": "-",
+            "int8_layers": len(s["quantized_layers"]), "float_layers": 0, "rules_groups": s["rules_groups"],
+            "kept_float": s["kept_float"],
             "check_errors": len(check.errors), "check_error_rules": sorted({f.rule for f in check.errors}),
             "fidelity": f"cosine ORT vs fake quant {s['cosine_onnxruntime_vs_fake_quant']:.6f}",
             "ultralytics_val": {"ok": False, "error": "not a detector"}}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| family | loads | INT8 / float layers | rules groups | check errors | ORT vs fake quant | "
+    lines = ["| family | loads | INT8 / float layers | TensorRT rules | check errors | ORT vs fake quant | "
              "Ultralytics val |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "int8_layers" not in r:
@@ -126,8 +130,13 @@ def table(rows: list[dict]) -> str:
         errors = f"{r['check_errors']}" + (f" ({', '.join(r['check_error_rules'])})" if r["check_errors"] else "")
         val = r["ultralytics_val"]
         val_text = f"yes (mAP50-95 {val['map50_95']:.4f})" if val["ok"] else f"no: {val['error']}"
+        rules = f"{r['rules_groups']} groups"
+        if "shortcuts" in r:
+            rules += f"; shortcuts {r['shortcuts']['int8']} int8 / {r['shortcuts']['float']} float"
+        if r.get("kept_float"):
+            rules += f"; {len(r['kept_float'])} attention op(s) kept float"
         lines.append(f"| {r['family']} | {r['loads']} | {r['int8_layers']} / {r['float_layers']} | "
-                     f"{r['rules_groups']} | {errors} | {fidelity} | {val_text} |")
+                     f"{rules} | {errors} | {fidelity} | {val_text} |")
     lines.append("| YOLOv7-tiny | not run: needs the yolov7 training repository (`--repo`), not available here | "
                  "- | - | - | - | - |")
     return "\n".join(lines)

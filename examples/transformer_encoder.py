@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""INT8 Linear layers in a small transformer encoder: quantize, calibrate, export a Q/DQ ONNX with a dynamic sequence
-length, and compare the embeddings with the float model's (cosine), in PyTorch fake quant and in ONNX Runtime.
+"""INT8 Linear layers in a small transformer encoder: quantize, place Q/DQ for TensorRT, calibrate, export a Q/DQ ONNX
+with a dynamic sequence length, check it, and compare the embeddings with the float model's (cosine), in PyTorch fake
+quant and in ONNX Runtime.
 
     python examples/transformer_encoder.py --out runs/transformer
 
 The encoder (random init, no download) maps (batch, sequence, 16) features to one 32-d embedding per sample; all
-its nn.Linear layers (input projection, q/k/v/o attention projections, feed-forward, head) become INT8. Its
-scaled_dot_product_attention needs ONNX opset 14: export_onnx picks that itself and says so.
+its nn.Linear layers (input projection, q/k/v/o attention projections, feed-forward, head) become INT8. The TensorRT
+placement gives q, k and v one shared input quantizer and keeps the attention products (two activations, no module)
+float, which its report lists and the Q/DQ checker accepts as warnings. Its scaled_dot_product_attention needs ONNX
+opset 14: export_onnx picks that itself and says so.
 
 Why not torch.nn.TransformerEncoder: its nn.MultiheadAttention calls the q/k/v/out projections functionally (not as
 modules), so they cannot be quantized by swapping modules; in eval mode without autograd its layers take a fused
@@ -71,16 +74,18 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(out: Path, seq_len: int = 24, eval_seq_len: int = 40, calib_batches: int = 8, seed: int = 0) -> dict:
-    """Quantize, calibrate, export and measure; return the figures (also written to out/summary.json)."""
+    """Quantize, place, calibrate, export, check and measure; return the figures (also in out/summary.json)."""
     import qdqtorch
-    from qdqtorch.export import export_onnx, onnx_opset
+    from qdqtorch.export import check_qdq, export_onnx, onnx_opset
     from qdqtorch.export.runtime import OnnxRuntimeModule
+    from qdqtorch.rules import TensorRTPlacement, apply_placement
 
     torch.manual_seed(seed)
     model = TinyEncoder().eval()
     reference = copy.deepcopy(model)
     report = qdqtorch.quantize_model(model)
     calib = [torch.randn(16, seq_len, FEATURES) for _ in range(calib_batches)]
+    rules = apply_placement(model, TensorRTPlacement(), calib[0][:1])
     qdqtorch.calibrate(model, calib, method="mse", progress=False)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +99,11 @@ def run(out: Path, seq_len: int = 24, eval_seq_len: int = 40, calib_batches: int
     with torch.no_grad():
         float_out, int8_out = reference(x), model(x)
     ort_out = OnnxRuntimeModule(path)(x)
+    check = check_qdq(path)
     summary = {"quantized_layers": [name for name, _, _ in report.replaced],
+               "rules_groups": len(rules.groups) if rules else 0,
+               "kept_float": [op for op, _ in rules.float_ops] if rules else [],
+               "check_errors": check.to_dict()["errors"], "check_warnings": check.to_dict()["warnings"],
                "opset": onnx_opset(path), "export_notes": notes, "eval_sequence_length": eval_seq_len,
                "cosine_fake_quant_vs_float": _cosine(int8_out, float_out),
                "cosine_onnxruntime_vs_float": _cosine(ort_out, float_out),

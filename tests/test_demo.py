@@ -51,7 +51,7 @@ def test_demo_runs_the_whole_main_job(demo_run):
     assert summary["data"]["eval_images"] == 32 and summary["data"]["calib_images"] == 32
     assert summary["settings"]["rules"] == "tensorrt" and summary["quantization"]["replaced"]
     rules = summary["quantization"]["rules"]  # the placement step's report sits beside the quantize_model report
-    assert set(rules) == {"groups", "residual_adds", "disabled", "skipped", "stats"} and rules["groups"]
+    assert set(rules) == {"groups", "residual_adds", "disabled", "skipped", "float_ops", "stats"} and rules["groups"]
     # the demo sets no imgsz: the detector records the 256 px it was trained at (640 would score far lower)
     assert summary["settings"]["imgsz"] == 256 and summary["defaults"]["imgsz"] == "recorded in the checkpoint"
     assert "imgsz 256 (recorded in the checkpoint)" in proc.stdout

@@ -129,15 +129,43 @@ def test_weight_through_trivial_ops_counts_as_quantized() -> None:
     assert check_qdq(g.model()).ok
 
 
-def test_matmul_activation_times_activation_needs_both_quantized() -> None:
+def _activation_matmul(quantized: tuple = ()) -> G:
+    """The clean graph plus MatMul(flat2^T, flat2) of two activations; inputs named in `quantized` get a Q/DQ."""
     g = clean_graph()
     g.outputs = [helper.make_tensor_value_info("mm", TensorProto.FLOAT, [128, 128])]
     g.node("Flatten", ["mp"], ["flat2"], "flatten2")
     g.node("Transpose", ["flat2"], ["flat2_t"], "flat2_t", perm=[1, 0])
-    g.node("MatMul", ["flat2_t", "flat2"], ["mm"], "matmul")
-    report = check_qdq(g.model())
-    assert rules(report) == {("unquantized-activation", "error", "matmul")}
-    assert sorted(f.tensor for f in report.errors) == ["flat2", "flat2_t"]  # both inputs, named
+    inputs = []
+    for t in ("flat2_t", "flat2"):
+        if t in quantized:
+            g.qdq(t, f"{t}_q", 0.2, f"{t}_in")
+        inputs.append(f"{t}_q" if t in quantized else t)
+    g.node("MatMul", inputs, ["mm"], "matmul")
+    return g
+
+
+def test_float_activation_matmul_is_a_warning_half_quantized_an_error() -> None:
+    """Both inputs float: attention kept float by the placement rules, a warning (an error with float_matmul=False);
+    one input quantized and the other not: TensorRT cannot run it INT8 either, an error naming the float input; both
+    quantized: clean."""
+    model = _activation_matmul().model()
+    report = check_qdq(model)
+    assert rules(report) == {("float-activation-matmul", "warning", "matmul")} and report.ok
+    assert report.warnings[0].tensor == "flat2_t, flat2"
+    assert report.stats["activation_matmuls"] == 1 and report.stats["weighted_ops"] == 3  # not a weighted op
+    strict = check_qdq(model, float_matmul=False)
+    assert rules(strict) == {("unquantized-activation", "error", "matmul")}
+    assert sorted(f.tensor for f in strict.errors) == ["flat2", "flat2_t"]  # both inputs, named
+    half = check_qdq(_activation_matmul(quantized=("flat2_t",)).model())
+    assert [(f.rule, f.severity, f.tensor) for f in half.findings] == [("unquantized-activation", "error", "flat2")]
+    both = check_qdq(_activation_matmul(quantized=("flat2_t", "flat2")).model(), float_matmul=False)
+    assert both.ok and not both.findings and both.stats["quantized_activation_matmuls"] == 1, str(both)
+
+
+def test_cli_int8_matmul_flag_refuses_float_attention(tmp_path) -> None:
+    path = tmp_path / "mm.onnx"
+    onnx.save(_activation_matmul().model(), str(path))
+    assert check_main([str(path)]) == 0 and check_main([str(path), "--int8-matmul"]) == 1
 
 
 def test_nonzero_zero_point() -> None:

@@ -100,7 +100,9 @@ def test_toy_gets_the_expected_ties(toy_tied) -> None:
     # residual: the shortcut (stem output) is quantized with the quantizer of its other reader; b's branch is fused
     res = report.group_of("res.a.conv._input_quantizer")
     assert set(res.sites) == {"res.a.conv._input_quantizer", "stem.act:output"} and "residual" in res.reasons
-    assert report.residual_adds == [{"add": "add@res", "quantized": res.name, "fused": "conv2d@res.b.conv"}]
+    assert report.residual_adds == [{"add": "add@res", "quantized": res.name, "fused": "conv2d@res.b.conv",
+                                     "shortcut": "int8", "why": "residual='int8': quantized so that TensorRT fuses "
+                                                                "the Add into its conv"}]
     # the head conv keeps its own quantizer, the sigmoid tail gets none
     assert report.group_of("head._input_quantizer") is None
     assert not isinstance(model.head._input_quantizer, TiedQuantizer)
@@ -306,11 +308,12 @@ def test_residual_shortcut_float_or_int8(residual, tmp_path) -> None:
     if residual == "float":
         assert torch.equal(seen[0], raw)  # the shortcut is the float tensor
         assert report.residual_adds[0]["quantized"] == "none (shortcut float)"
+        assert report.residual_adds[0]["shortcut"] == "float"
         assert findings == {"residual-add-unquantized"}
     else:
         q = model.c.conv._input_quantizer
         assert torch.equal(seen[0], q(raw)) and not torch.equal(seen[0], raw)
-        assert report.residual_adds[0]["quantized"] == q.name
+        assert report.residual_adds[0]["quantized"] == q.name and report.residual_adds[0]["shortcut"] == "int8"
         assert not findings
 
 
@@ -573,23 +576,94 @@ def test_apply_placement_is_apply_tensorrt_rules_with_the_named_residual_mode(na
     assert all(("none" in q) == (residual == "float") for q in quantized_shortcut) and quantized_shortcut
 
 
-def test_checker_sees_c2f_shortcuts_through_split_as_quantized(tmp_path) -> None:
+def _onnx_index(path):
+    from qdqtorch.export.checks.graph import GraphIndex
+    return GraphIndex(onnx.load(str(path)))
+
+
+@pytest.fixture(scope="module")
+def yolo_tensorrt(tmp_path_factory) -> dict:
+    """YOLOv8n / YOLO11n built from their yaml, rules 'tensorrt' (float residuals), calibrated on noise, exported:
+    name -> (rules report, ONNX path)."""
+    from qdqtorch.export import export_onnx
+    from qdqtorch.models import load_model
+    out = {}
+    for name in ("yolov8n", "yolo11n"):
+        loaded = load_model(f"{name}.yaml")
+        model = loaded.model
+        quantize_model(model, {"ignore": loaded.default_ignore})
+        x = torch.rand(1, 3, 64, 64)
+        report = apply_placement(model, TensorRTPlacement(), x)
+        calibrate(model, [torch.rand(1, 3, 64, 64) for _ in range(2)], progress=False)
+        out[name] = report, export_onnx(model, x, tmp_path_factory.mktemp(name) / f"{name}.onnx")
+    return out
+
+
+def _from_dq_through_slices(g, tensor: str) -> bool:
+    node = g.producer.get(tensor)
+    while node is not None and node.op_type in ("Slice", "Split"):
+        node = g.producer.get(node.input[0])
+    return node is not None and node.op_type == "DequantizeLinear"
+
+
+def _from_conv_branch(g, tensor: str) -> bool:
+    """The tensor is a Conv output through BN / SiLU (Sigmoid, Mul) only."""
+    todo, seen = [tensor], set()
+    while todo:
+        t = todo.pop()
+        node = g.producer.get(t)
+        if node is None or t in seen:
+            continue
+        seen.add(t)
+        if node.op_type == "Conv":
+            return True
+        if node.op_type in ("BatchNormalization", "Sigmoid", "Mul"):
+            todo.extend(node.input)
+    return False
+
+
+def _module_of(onnx_name: str) -> str:
+    """'/model.6/m.0/m/m.0/Add' -> 'model.6.m.0.m.0' (the exporter names a ModuleList 'm' and then its item 'm.0')."""
+    parts = [p for p in onnx_name.split("/") if p][:-1]
+    return ".".join(p for k, p in enumerate(parts) if not (k + 1 < len(parts) and parts[k + 1].startswith(p + ".")))
+
+
+@pytest.mark.parametrize("name", ["yolov8n", "yolo11n"])
+def test_rules_report_says_which_shortcuts_the_graph_quantizes(yolo_tensorrt, name) -> None:
+    """rules 'tensorrt' keeps shortcuts float where it can, but a C2f/C3k2 shortcut is a tensor already quantized for
+    another consumer (a Split chunk quantized for the Concat, or the previous bottleneck's output quantized for the
+    next cv1): the report must say int8 there, and float only where the exported graph really reads it in float."""
+    from collections import Counter
+    report, path = yolo_tensorrt[name]
+    g = _onnx_index(path)
+    # the reference: each residual Add of the ONNX graph (one input from a Conv branch, no constant input), and
+    # whether its other input comes from a DequantizeLinear through Slice/Split only
+    graph_adds = Counter()
+    for add in g.nodes:
+        if add.op_type != "Add" or any(g.is_const(t) for t in add.input):
+            continue
+        branch = [t for t in add.input if _from_conv_branch(g, t)]
+        if not branch:
+            continue
+        shortcut = [t for t in add.input if t != branch[-1]]
+        graph_adds[(_module_of(add.name), "int8" if _from_dq_through_slices(g, shortcut[0]) else "float")] += 1
+    reported = Counter((r["add"].split("@", 1)[1], r["shortcut"]) for r in report.residual_adds)
+    assert reported == graph_adds, (reported, graph_adds)
+    int8 = [r for r in report.residual_adds if r["shortcut"] == "int8"]
+    assert int8 and all("already quantized for another consumer" in r["why"] for r in int8)
+    if name == "yolov8n":  # every C2f shortcut of YOLOv8 is int8 whatever the residual mode
+        assert len(int8) == len(report.residual_adds) == 6
+    else:  # YOLO11: C3k (nested bottlenecks) and the PSA block keep float shortcuts
+        assert 0 < len(int8) < len(report.residual_adds)
+
+
+def test_checker_sees_c2f_shortcuts_through_split_as_quantized(yolo_tensorrt) -> None:
     """rules 'tensorrt' on YOLOv8n: each C2f shortcut is a tensor already quantized for another consumer (a Split
     chunk of cv1's output, quantized for the Concat; or the previous bottleneck's output, quantized for the next
     cv1), so the graph has all six shortcuts INT8 and the checker, looking through Split/Slice, warns on none."""
-    import onnx
-
-    from qdqtorch.export import check_qdq, export_onnx
-    from qdqtorch.export.checks.graph import GraphIndex
-    from qdqtorch.models import load_model
-    loaded = load_model("yolov8n.yaml")
-    model = loaded.model
-    quantize_model(model, {"ignore": loaded.default_ignore})
-    x = torch.rand(1, 3, 64, 64)
-    apply_placement(model, TensorRTPlacement(), x)
-    calibrate(model, [torch.rand(1, 3, 64, 64) for _ in range(2)], progress=False)
-    path = export_onnx(model, x, tmp_path / "v8.onnx")
-    g = GraphIndex(onnx.load(str(path)))
+    from qdqtorch.export import check_qdq
+    _, path = yolo_tensorrt["yolov8n"]
+    g = _onnx_index(path)
     adds = [n for n in g.nodes if n.op_type == "Add" and "/m." in g.name(n)]
     # the reference: walk up by hand from each Add input, through Slice only, to a DequantizeLinear
     via_slice = 0
@@ -606,3 +680,66 @@ def test_checker_sees_c2f_shortcuts_through_split_as_quantized(tmp_path) -> None
     assert len(adds) == 6 and via_slice == 4
     check = check_qdq(path, allow_float=["/model.22/dfl/*"])
     assert not [f for f in check.findings if f.rule == "residual-add-unquantized"], str(check)
+
+
+def test_yolo_attention_matmuls_are_kept_float_by_a_reported_rule_the_checker_accepts(yolo_tensorrt) -> None:
+    """YOLO11's C2PSA attention multiplies two activations: no module, so no quantizer. The rules report lists each
+    such MatMul as kept float; the checker gives a warning (not an error) for each, and errors with
+    float_matmul=False. YOLOv8 has none."""
+    from qdqtorch.export import check_qdq
+    for name, head in (("yolov8n", "/model.22/dfl/*"), ("yolo11n", "/model.23/dfl/*")):
+        report, path = yolo_tensorrt[name]
+        g = _onnx_index(path)
+        # the reference: MatMuls whose two inputs are computed tensors (no initializer on the way up)
+        float_mm = [n for n in g.nodes if n.op_type == "MatMul" and not any(g.from_constant(t) for t in n.input)
+                    and not any(g.dq_producer(t) for t in n.input)]
+        assert len(report.float_ops) == len(float_mm) == (2 if name == "yolo11n" else 0), str(report)
+        assert all(op.startswith("matmul@model.10.") and "attention" in why for op, why in report.float_ops)
+        check = check_qdq(path, allow_float=[head])
+        assert check.ok, str(check)
+        assert sorted(f.node for f in check.by_rule("float-activation-matmul")) == sorted(g.name(n) for n in float_mm)
+        strict = check_qdq(path, allow_float=[head], float_matmul=False)
+        assert {f.node for f in strict.errors} == {g.name(n) for n in float_mm}
+
+
+def test_yolov8_concat_pool_resize_share_one_scale_and_the_head_decoding_stays_float(yolo_tensorrt) -> None:
+    """YOLOv8n, rules 'tensorrt': every Concat before the head (C2f, SPPF, the neck's upsample+concat), SPPF's
+    MaxPools and the Resizes see one scale on all inputs and outputs; the head's decoding (its per-level Concats,
+    DFL) has no Q/DQ at all. Walked on the exported graph, independently of the checker."""
+    _, path = yolo_tensorrt["yolov8n"]
+    g = _onnx_index(path)
+
+    def scale(node) -> float:
+        return float(np.asarray(g.const(node.input[1])).reshape(()))
+
+    def scales_around(inputs, outputs) -> set:
+        """Scales of the DequantizeLinear each input comes from through scale-preserving ops (None: a float input)
+        and of the QuantizeLinears reading any of the tensors."""
+        found = set()
+        for t in inputs:
+            node = g.producer.get(t)
+            while node is not None and node.op_type in ("Slice", "Split", "Reshape", "MaxPool", "Resize"):
+                node = g.producer.get(node.input[0])
+            found.add(scale(node) if node is not None and node.op_type == "DequantizeLinear" else None)
+        for t in [*inputs, *outputs]:
+            for consumer, k in g.consumers.get(t, []):
+                if consumer.op_type == "QuantizeLinear" and k == 0:
+                    found.add(scale(consumer))
+        return found
+
+    body = [n for n in g.nodes if not n.name.startswith("/model.22/")]
+    concats = [n for n in body if n.op_type == "Concat" and not g.is_const(n.input[0])]
+    pools = [n for n in body if n.op_type == "MaxPool"]
+    resizes = [n for n in body if n.op_type == "Resize"]
+    assert len(concats) == 8 + 4 + 1 and len(pools) == 3 and len(resizes) == 2  # C2f x8, neck x4, SPPF x1
+    for n in concats:
+        around = scales_around(n.input, n.output)
+        assert len(around) == 1 and None not in around, (n.name, around)
+    for n in [*pools, *resizes]:
+        around = scales_around(n.input[:1], n.output)
+        assert len(around) == 1 and None not in around, (n.name, around)
+    head = [n for n in g.nodes if n.name.startswith("/model.22/")]
+    assert not [n for n in head if n.op_type == "Concat" and any(g.dq_producer(t) for t in n.input)]
+    dfl = [n for n in head if "/dfl/" in n.name]
+    assert dfl and not [n for n in dfl if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert not any(g.dq_producer(t) for n in dfl if n.op_type == "Conv" for t in n.input)

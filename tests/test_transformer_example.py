@@ -33,6 +33,29 @@ def test_example_quantizes_exports_with_dynamic_sequence_and_keeps_the_embedding
     assert summary["cosine_onnxruntime_vs_fake_quant"] > 0.9999
 
 
+def test_example_attention_is_kept_float_by_the_rules_and_the_check_passes(tmp_path):
+    """The attention products (two activations, no module) are listed by the rules report as kept float, and the
+    checker passes with one float-activation-matmul warning per MatMul the exporter made of them."""
+    summary = _example().run(tmp_path, seq_len=8, eval_seq_len=8, calib_batches=1)
+    assert summary["kept_float"] == ["scaled_dot_product_attention@layers.0", "scaled_dot_product_attention@layers.1"]
+    assert summary["check_errors"] == []
+    graph = onnx.load(summary["onnx"]).graph
+    # the reference: MatMuls of the graph with no initializer among their inputs (Q K^T and softmax V per layer)
+    weights = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def from_weight(tensor: str) -> bool:  # a constant, possibly through Q/DQ and re-views
+        while tensor not in weights and tensor in producer and producer[tensor].op_type in (
+                "QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "Identity", "Cast"):
+            tensor = producer[tensor].input[0]
+        return tensor in weights
+    activation_mm = sorted(n.name for n in graph.node if n.op_type == "MatMul"
+                           and not any(from_weight(t) for t in n.input))
+    assert len(activation_mm) == 4
+    warned = sorted(w["node"] for w in summary["check_warnings"] if w["rule"] == "float-activation-matmul")
+    assert warned == activation_mm
+
+
 def test_too_low_explicit_opset_is_one_clear_error(tmp_path):
     example = _example()
     model = example.EncoderLayer().eval()

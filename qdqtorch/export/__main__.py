@@ -18,10 +18,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fp16", action="store_true", help="also require float tensors to be float16")
     parser.add_argument("--allow-float", action="append", default=[], metavar="GLOB",
                         help="node-name glob of weighted ops allowed to stay unquantized (repeatable)")
+    parser.add_argument("--int8-matmul", action="store_true",
+                        help="refuse float MatMuls of two activations (attention) instead of warning about them")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parser.parse_args(argv)
     try:
-        report = check_qdq(args.model, fp16=args.fp16, allow_float=args.allow_float)
+        report = check_qdq(args.model, fp16=args.fp16, allow_float=args.allow_float,
+                           float_matmul=not args.int8_matmul)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

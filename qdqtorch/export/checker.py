@@ -15,16 +15,17 @@ from .checks.scales import check_scales
 
 
 def check_qdq(path_or_model: str | Path | onnx.ModelProto, *, fp16: bool = False,
-              allow_float: Sequence[str] = ()) -> QdqReport:
+              allow_float: Sequence[str] = (), float_matmul: bool = True) -> QdqReport:
     """Check an ONNX model's Q/DQ placement and parameters; `allow_float` lists node-name globs that may stay
-    unquantized (reported as warnings instead of errors)."""
+    unquantized (reported as warnings instead of errors). A MatMul of two activations (attention) with neither input
+    quantized is the placement rules' choice (kept float): a warning, an error with `float_matmul=False`."""
     model, source = load_onnx_graph(path_or_model)
     g = GraphIndex(model)
     report = QdqReport(source=source)
     report.stats["nodes"] = len(g.nodes)
     report.stats["opset"] = g.opset
     stats_qdq(g, report)
-    check_coverage(g, report, allow_float)
+    check_coverage(g, report, allow_float, float_matmul)
     check_params(g, report)
     check_scales(g, report)
     if fp16:

@@ -59,6 +59,7 @@ class Plan:
     consumer: Dict[int, int] = field(default_factory=dict)  # value to insert -> the node that needs it quantized
     residuals: List[Residual] = field(default_factory=list)
     disable: List[Tuple[Node, str]] = field(default_factory=list)
+    float_matmuls: List[Node] = field(default_factory=list)  # activation x activation products kept float
 
     def cls(self, value: int) -> int:
         """The class (root value) of a value."""
@@ -144,6 +145,51 @@ def _residuals(g: Graph, tail: Set[int]) -> List[Residual]:
     return found
 
 
+def quantized_source(g: Graph, value: int, weight_ids: Set[int]) -> Optional[Node]:
+    """The enabled activation quantizer call that made `value`, directly or through scale-preserving ops (a Split
+    chunk, a slice, a reshape): TensorRT moves the DequantizeLinear past those ops and reads the tensor as int8.
+    None when the tensor is float."""
+    node = g.producer(value)
+    for _ in range(len(g.nodes)):
+        if node is None:
+            return None
+        if node.kind == "quant":
+            return node if node.enabled and id(node.quantizer) not in weight_ids else None
+        if node.target not in ops.SCALE_PRESERVING or not node.inputs:
+            return None
+        node = g.producer(node.inputs[0])
+    return None
+
+
+def readers_of(g: Graph, source: Node, skip: int) -> List[Node]:
+    """The nodes reading `source`'s output, directly or through scale-preserving ops, other than node `skip`."""
+    found: List[Node] = []
+    frontier, seen = list(source.outputs), set()
+    while frontier:
+        v = frontier.pop()
+        for c in g.consumers(v):
+            if c.index == skip or c.index in seen:
+                continue
+            seen.add(c.index)
+            if c.kind == "op" and c.target in ops.SCALE_PRESERVING and c.inputs and c.inputs[0] == v:
+                frontier.extend(c.outputs)
+            else:
+                found.append(c)
+    return sorted(found, key=lambda n: n.index)
+
+
+def _activation_matmuls(g: Graph, tail: Set[int]) -> List[Node]:
+    """Products of two activations (attention) before the head's tail: not modules, so they stay float."""
+    found = []
+    for node in g.nodes:
+        if node.kind != "op" or node.target not in ops.MATMUL or node.index in tail:
+            continue
+        activations = [v for v in node.inputs if g.values[v].producer is not None or g.values[v].origin == "input"]
+        if len(activations) >= 2:
+            found.append(node)
+    return found
+
+
 def analyze(g: Graph, weight_ids: Set[int], residual: str = "float") -> Plan:
     """Apply the TensorRT placement rules to a traced graph (see `apply_tensorrt_rules`); `residual` is "float"
     (residual Adds read their shortcut in float) or "int8" (the shortcut comes from a Q/DQ, as Conv+Add fusion
@@ -159,6 +205,7 @@ def analyze(g: Graph, weight_ids: Set[int], residual: str = "float") -> Plan:
 
     residuals = _residuals(g, tail)
     plan.residuals = residuals
+    plan.float_matmuls = _activation_matmuls(g, tail)
     for r in residuals:
         if r.fused is not None:
             node = g.producer(r.fused)

@@ -16,14 +16,17 @@ from ..nn import TensorQuantizer
 from ..quantize.control import named_quantizers, weight_quantizer_ids
 from ..quantize.replace import name_quantizers
 from . import ops
-from .analysis import Plan, analyze
+from .analysis import Plan, analyze, quantized_source, readers_of
 from .rules_report import RulesReport, TiedGroup
 from .hook_sites import Placer, add_hook
 from .tied import TiedQuantizer
-from .trace import Graph, trace_graph
+from .trace import Graph, Node, trace_graph
 from ..errors import UsageError
 
 _TIED_FIELDS = ("num_bits", "axis", "unsigned", "narrow_range", "fake_quant", "learn_amax", "amax")
+_FLOAT_MATMUL_WHY = ("product of two activations (attention): no module holds a quantizer for it, and attention is "
+                     "kept float for accuracy as most INT8 deployments do; TensorRT runs it in FP16/FP32 and "
+                     "check_qdq reports it as the warning float-activation-matmul")
 Location = Tuple[nn.Module, str, str]  # (parent module, attribute, dotted path)
 
 
@@ -199,11 +202,15 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
        every later layer inherits (YOLOv5n: -0.010 mAP50-95 with mse calibration, BENCHMARKS.md §5);
     4. quantizers after the last quantized weighted op (detection-head decoding, sigmoid tails) and inside modules
        whose class name is in `float_modules` (DFL) are disabled; weighted-op outputs are only quantized where a
-       Concat or residual needs them in int8.
+       Concat or residual needs them in int8;
+    5. products of two activations (attention's MatMuls) stay float and are listed in `report.float_ops`.
+    Each residual Add is reported as the model now runs it: a shortcut kept float by the rules may still be read as
+    int8 when it is (a slice of) a tensor quantized for another consumer, as in YOLOv8's C2f.
     Tying shares one TiedQuantizer object, so calibration (collect_stats / compute_amax / calibrate) sees the union of
     the members' statistics and every member reads the same amax. New quantizers use `quant_desc` (default: the
     descriptor of the model's first activation quantizer). Apply again with the same input before loading a saved
-    calibration into a fresh model. `verify` re-traces the result and reports anything left undone.
+    calibration into a fresh model. The result is traced once more for the residual report; `verify` also reports
+    from that trace anything left undone.
     """
     if not any(True for _ in named_quantizers(model)):
         raise UsageError("apply_tensorrt_rules: the model has no TensorQuantizer; run quantize_model first")
@@ -222,30 +229,63 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
     _apply_disables(plan, locations, device, report)
     placer = Placer(g, plan)
     hooked: Dict[Tuple[int, str, Optional[int]], TensorQuantizer] = {}
-    group_of_value: Dict[int, TiedGroup] = {}
     for cls in sorted(set(plan.members) | set(plan.insert)):
-        group = _apply_group(plan, cls, placer, locations, hooked, desc, device, report)
-        if group is not None:
-            for v in [*plan.insert.get(cls, []), *(n.inputs[0] for n in plan.members.get(cls, []))]:
-                group_of_value[v] = group
+        _apply_group(plan, cls, placer, locations, hooked, desc, device, report)
     name_quantizers(model)
     for group in report.groups:
         group.name = group.quantizer.name
-    for r in plan.residuals:
-        quantized = ", ".join(group_of_value[v].name if v in group_of_value else _describe(g, v) for v in r.quantize)
-        report.residual_adds.append({"add": f"{r.node.target}@{r.node.module or '<model>'}",
-                                     "quantized": quantized if residual == "int8" else "none (shortcut float)",
-                                     "fused": "none (neither input can fuse)" if r.conv is None
-                                     else f"{g.nodes[r.conv].target}@{g.nodes[r.conv].module}"})
+    after = trace_graph(model, example_input)  # what the model now does, for the report and the check
+    after_plan = analyze(after, weight_ids, residual)
+    _report_residuals(after, after_plan, weight_ids, residual, report)
+    for node in after_plan.float_matmuls:
+        report.float_ops.append((f"{node.target}@{node.module or '<model>'}", _FLOAT_MATMUL_WHY))
     if verify:
-        _verify(model, example_input, weight_ids, residual, report)
+        _verify(after, after_plan, report)
     return report
 
 
-def _verify(model: nn.Module, example_input, weight_ids: Set[int], residual: str, report: RulesReport) -> None:
-    """Re-trace and report Concat inputs / shortcuts still unquantized and classes still using several quantizers."""
-    g = trace_graph(model, example_input)
-    plan = analyze(g, weight_ids, residual)
+def _reader(node: Node) -> str:
+    """A reader of a tensor for the report: an op, or the module whose input quantizer reads it."""
+    if node.kind == "quant":
+        return f"input of {node.module or '<model>'}"
+    return f"{node.target}@{node.module or '<model>'}"
+
+
+def _report_residuals(g: Graph, plan: Plan, weight_ids: Set[int], residual: str, report: RulesReport) -> None:
+    """Say for each residual Add of the model as it now is whether TensorRT reads its shortcut as int8, and why: a
+    shortcut the rules keep float may still be a tensor already quantized for another consumer (YOLOv8 C2f: a Split
+    chunk quantized for the Concat, or the previous bottleneck's output quantized for the next conv)."""
+    for r in plan.residuals:
+        sources = {v: quantized_source(g, v, weight_ids) for v in r.quantize}
+        quantized = [s for s in sources.values() if s is not None]
+        entry = {"add": f"{r.node.target}@{r.node.module or '<model>'}",
+                 "quantized": ", ".join(dict.fromkeys(s.quantizer.name or s.meta.get("path", "?") for s in quantized
+                                                      if s.quantizer is not None))
+                 if quantized else "none (shortcut float)",
+                 "fused": "none (neither input can fuse)" if r.conv is None
+                 else f"{g.nodes[r.conv].target}@{g.nodes[r.conv].module}"}
+        if not quantized:
+            entry["shortcut"] = "float"
+            entry["why"] = ("residual='float': the Add reads its shortcut unquantized and runs as its own layer"
+                            if residual == "float" else "residual='int8' but the shortcut could not be quantized "
+                            "(see the skipped entries): the Add reads it unquantized")
+        else:
+            entry["shortcut"] = "int8" if len(quantized) == len(sources) else "mixed"
+            if residual == "int8":
+                entry["why"] = "residual='int8': quantized so that TensorRT fuses the Add into its conv"
+            else:
+                readers = [_reader(n) for s in quantized for n in readers_of(g, s, r.node.index)]
+                direct = all(s.outputs[0] in r.quantize for s in quantized)
+                entry["why"] = ("int8 although residual='float': the shortcut is " + ("" if direct else "a slice of ")
+                                + "a tensor already quantized for another consumer (" + ", ".join(
+                                    dict.fromkeys(readers)) + "), so TensorRT reads it as int8 and can fuse the Add "
+                                "into its conv")
+        report.residual_adds.append(entry)
+
+
+def _verify(g: Graph, plan: Plan, report: RulesReport) -> None:
+    """Report (from a trace of the model after the rules) Concat inputs / shortcuts still unquantized and classes
+    still using several quantizers."""
     for values in plan.insert.values():
         for v in values:
             if v in plan.optional:

@@ -21,6 +21,10 @@ ADD = frozenset({"add", "__add__", "__radd__", "add_", "__iadd__"})
 WEIGHTED = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                       "linear"})
 
+# Products of two tensors: with two activations (attention's Q K^T and softmax V) they have no module, hence no
+# quantizer; the rules keep them float and say so.
+MATMUL = frozenset({"matmul", "__matmul__", "__rmatmul__", "bmm", "baddbmm", "einsum", "scaled_dot_product_attention"})
+
 # Pointwise ops TensorRT fuses into the preceding conv (BN, activations, SiLU written as x * sigmoid(x)).
 FUSABLE_POINTWISE = frozenset({"batch_norm", "silu", "silu_", "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_",
                                "hardswish", "hardswish_", "hardsigmoid", "sigmoid", "sigmoid_", "tanh", "gelu",

@@ -34,12 +34,14 @@ class TiedGroup:
 
 @dataclass
 class RulesReport:
-    """Result of `apply_tensorrt_rules`: every tied group, residual adds handled, quantizers disabled, problems."""
+    """Result of `apply_tensorrt_rules`: every tied group, residual adds (whether TensorRT reads each shortcut as int8,
+    and why), quantizers disabled, ops kept float on purpose (attention MatMuls), problems."""
 
     groups: List[TiedGroup] = field(default_factory=list)
     residual_adds: List[Dict[str, str]] = field(default_factory=list)
     disabled: List[Tuple[str, str]] = field(default_factory=list)  # (quantizer path, reason)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (what, why the rule could not be applied)
+    float_ops: List[Tuple[str, str]] = field(default_factory=list)  # (op@module, why it stays float on purpose)
     stats: Dict[str, int] = field(default_factory=dict)
 
     @property
@@ -55,18 +57,22 @@ class RulesReport:
         """JSON-able form for summaries."""
         return {"groups": [g.to_dict() for g in self.groups], "residual_adds": [dict(r) for r in self.residual_adds],
                 "disabled": [list(d) for d in self.disabled], "skipped": [list(s) for s in self.skipped],
-                "stats": dict(self.stats)}
+                "float_ops": [list(f) for f in self.float_ops], "stats": dict(self.stats)}
 
     def __str__(self) -> str:
         lines = [f"TensorRT rules: {len(self.tied_groups)} tied groups, {len(self.groups)} shared quantizers, "
                  f"{len(self.residual_adds)} residual adds, {len(self.disabled)} quantizers disabled, "
-                 f"{len(self.skipped)} skipped"]
+                 f"{len(self.float_ops)} ops kept float, {len(self.skipped)} skipped"]
         for g in self.groups:
             lines.append(f"  group {g.name} [{', '.join(g.reasons)}] ({len(g.sites)} sites): {', '.join(g.sites)}")
         for r in self.residual_adds:
-            lines.append(f"  residual add {r['add']}: quantized {r['quantized']}; fused into conv: {r['fused']}")
+            shortcut = "float" if r.get("shortcut") == "float" else f"{r.get('shortcut')} (by {r['quantized']})"
+            lines.append(f"  residual add {r['add']}: shortcut {shortcut}; fused into conv: {r['fused']}; "
+                         f"{r.get('why', '')}")
         for path, why in self.disabled:
             lines.append(f"  disabled {path}: {why}")
+        for op, why in self.float_ops:
+            lines.append(f"  kept float {op}: {why}")
         for what, why in self.skipped:
             lines.append(f"  WARNING skipped {what}: {why}")
         return "\n".join(lines)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Sequence
 
+import onnx
+
 from .findings import ERROR, WARNING, QdqReport
 from .graph import TRIVIAL_OPS, WEIGHTED_OPS, GraphIndex
 
@@ -15,14 +17,21 @@ _POINTWISE = frozenset({
     "DequantizeLinear",
 })
 _CONV_SEARCH_DEPTH = 6
+# a Split/Slice of a quantized tensor is quantized too: TensorRT moves the DequantizeLinear past the slice
+_THROUGH_SLICES = TRIVIAL_OPS | {"Split", "Slice"}
 
 
-def check_coverage(g: GraphIndex, report: QdqReport, allow_float: Sequence[str] = ()) -> None:
-    """Report weighted ops whose inputs lack a DequantizeLinear, and unquantized residual Adds."""
+def check_coverage(g: GraphIndex, report: QdqReport, allow_float: Sequence[str] = (),
+                   float_matmul: bool = True) -> None:
+    """Report weighted ops whose inputs lack a DequantizeLinear, activation x activation MatMuls, and unquantized
+    residual Adds."""
     quantized = 0
     weighted = 0
     for node in g.nodes:
         if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+            continue
+        if node.op_type == "MatMul" and not g.from_constant(node.input[1]) and not g.from_constant(node.input[0]):
+            _check_activation_matmul(g, report, node, float_matmul)
             continue
         weighted += 1
         name = g.name(node)
@@ -41,6 +50,27 @@ def check_coverage(g: GraphIndex, report: QdqReport, allow_float: Sequence[str] 
     report.stats["weighted_ops"] = weighted
     report.stats["quantized_weighted_ops"] = quantized
     _check_residual_adds(g, report)
+
+
+def _check_activation_matmul(g: GraphIndex, report: QdqReport, node: onnx.NodeProto, float_matmul: bool) -> None:
+    """A MatMul of two activations (attention's Q K^T and softmax V): INT8 in TensorRT only when both inputs come
+    from a DequantizeLinear. Both float is a placement choice (attention kept float for accuracy, the rules' default):
+    a warning, or an error with float_matmul=False; one input quantized and the other not is always an error."""
+    name = g.name(node)
+    report.stats["activation_matmuls"] = report.stats.get("activation_matmuls", 0) + 1
+    missing = [t for t in node.input[:2] if g.dq_producer(t, _THROUGH_SLICES) is None]
+    if not missing:
+        report.stats["quantized_activation_matmuls"] = report.stats.get("quantized_activation_matmuls", 0) + 1
+    elif len(missing) == 2 and float_matmul:
+        report.add("float-activation-matmul", WARNING, name, ", ".join(missing),
+                   "MatMul of two activations (attention) with no Q/DQ inputs: TensorRT runs it in float, as the "
+                   "placement rules intend (attention kept float for accuracy); quantize both inputs to run it INT8")
+    else:
+        for t in missing:
+            report.add("unquantized-activation", ERROR, name, t,
+                       "MatMul activation input has no DequantizeLinear producer" + (
+                           " while its other input has one: TensorRT needs Q/DQ on both to run it INT8"
+                           if len(missing) == 1 else " (float activation MatMuls refused: float_matmul=False)"))
 
 
 def _comes_from_conv(g: GraphIndex, tensor: str) -> bool:
@@ -62,9 +92,6 @@ def _comes_from_conv(g: GraphIndex, tensor: str) -> bool:
                 nxt.extend(i for i in node.input if i and not g.is_const(i))
         frontier = nxt
     return False
-
-
-_THROUGH_SLICES = TRIVIAL_OPS | {"Split", "Slice"}
 
 
 def _check_residual_adds(g: GraphIndex, report: QdqReport) -> None:
