@@ -3,7 +3,7 @@
 (so speed ratios are not disturbed by each other), log its output to runs/all/NAME.log and its wall time to
 runs/all/run_all.json. The commands are exactly the ones BENCHMARKS.md prints beside its tables.
 
-    python benchmarks/run_all.py                 # everything: about 45 minutes on the 2-core CI CPU
+    python benchmarks/run_all.py                 # everything: about 90 minutes on the 2-core CI CPU
     python benchmarks/run_all.py --list          # the commands, without running them
     python benchmarks/run_all.py --only rules qat8
 """
@@ -36,6 +36,13 @@ COMMANDS = [
                    "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 --val-data "
                    "../shared/data/coco128/coco128.yaml --epochs 3 --imgsz 640 --batch 16 --device cpu "
                    "--rules none --out runs/qat3"),
+    ("fidelity", "§7", "python benchmarks/bench_fidelity.py --out runs/bench_fidelity --extra-model "
+                       "../shared/models/ppe_yolov5n.pt:tensorrt"),
+    ("recovery", "§8", "python benchmarks/bench_recovery.py --models ../shared/models/yolov5n.pt --rules tensorrt "
+                       "tensorrt-int8-residual --methods none adaround --num-calib 32 --num-eval 32"),
+    ("recovery_ppe", "§8", "python benchmarks/bench_recovery.py --models ../shared/models/ppe_yolov5n.pt --rules "
+                           "tensorrt tensorrt-int8-residual --methods none adaround --num-calib 32 --num-eval 32"),
+    ("families", "§9", "python benchmarks/families.py --out runs/families"),
     ("compute_amax", "§3", "python benchmarks/bench_compute_amax.py --num-images 128 --imgsz 640"),
     ("sweep640", "§4", "python benchmarks/bench_sensitivity.py --imgsz 640 --num-images 128 --naive-units 6 "
                        "--naive-allocator both --json runs/sensitivity640.json"),
