@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import re
 import shutil
 import sys
@@ -361,6 +362,21 @@ def test_yolov5_pickles_load_through_the_pip_package_without_repo(yolov5n, yolov
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.model(x)[0], yolov5n.model(x)[0])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("yolov5") is None,
+                    reason="the pip `yolov5` package is not installed (its requirements are too heavy for CI); "
+                           "the stand-in package test above covers the loader")
+def test_real_yolov5_package_loads_the_official_checkpoint_without_repo(yolov5n, yolov5n_path, monkeypatch):
+    """With the real pip `yolov5` installed, the official checkpoint loads without --repo and computes what the
+    fixture repository's model computes."""
+    _forget_repo_modules(monkeypatch)
+    loaded = load_model(yolov5n_path)
+    assert "pip package yolov5" in loaded.source
+    assert type(loaded.model).__module__.startswith("yolov5.models")
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x)[0], yolov5n.model(x)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_broken_yolov5_package_is_one_clear_error(yolov5n_path, tmp_path, monkeypatch):
