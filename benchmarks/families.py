@@ -6,8 +6,12 @@ errors, ONNX Runtime vs PyTorch fake-quant fidelity, and whether Ultralytics run
 
 Each detector goes through the whole PTQ job (`run_ptq`, --rules tensorrt, mse, static-shape export, ONNX Runtime
 evaluation) on a few coco128 images (the demo on its own data). Families built from their Ultralytics yaml have random
-weights: their rows test the mechanics only, their mAP means nothing. Writes OUT/families.json and prints a
-Markdown table.
+weights: their rows test the mechanics only, their mAP means nothing. The YOLOv7-tiny row is built from the yaml of
+the stand-in repository tests/fixtures/yolov7_repo (random weights too), saved as a whole-model checkpoint and loaded
+back with --repo, as a user's YOLOv7 `best.pt` would be. Writes OUT/families.json and prints a Markdown table;
+`--only TEXT` runs just the rows whose family contains TEXT:
+
+    python benchmarks/families.py --out runs/families_v7 --only yolov7
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from benchmarks._common import ROOT, SHARED, machine  # noqa: E402
 COCO = SHARED / "data/coco128/coco128.yaml"
 DEMO = ROOT / "assets/demo"
 YOLOV5_REPO = ROOT / "tests/fixtures/yolov5_repo"
+YOLOV7_REPO = ROOT / "tests/fixtures/yolov7_repo"
+TRANSFORMER = "transformer encoder (examples/transformer_encoder.py, random init)"
 
 
 def _families(imgsz: int, images: int) -> list[dict]:
@@ -38,7 +44,25 @@ def _families(imgsz: int, images: int) -> list[dict]:
          "data": str(DEMO / "shapes.yaml"), "imgsz": 256, "num_calib": 32},
         {"family": "YOLOv8n (yaml, random weights: mechanics only)", "model": "yolov8n.yaml", **small},
         {"family": "YOLO11n (yaml, random weights: mechanics only)", "model": "yolo11n.yaml", **small},
+        {"family": "YOLOv7-tiny (stand-in repo, yaml-built, random weights: mechanics only)",
+         "build": _yolov7_tiny_checkpoint, "repo": str(YOLOV7_REPO), **small},
     ]
+
+
+def _yolov7_tiny_checkpoint(work: Path) -> str:
+    """Build YOLOv7-tiny from the stand-in repository's yaml (random weights) and torch.save it as YOLOv7's train.py
+    does ({'model': fp16 model, ...}); the row then loads that file with --repo, like a user's checkpoint."""
+    import importlib
+
+    import torch
+    from qdqtorch.models.repo_pickle import repository_on_path
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "yolov7-tiny-standin.pt"
+    torch.manual_seed(0)
+    with repository_on_path(YOLOV7_REPO):
+        model = importlib.import_module("models.yolo").Model(YOLOV7_REPO / "cfg/yolov7-tiny.yaml").eval()
+        torch.save({"model": model.half(), "optimizer": None, "training_results": None, "epoch": -1}, path)
+    return str(path)
 
 
 def _ultralytics_val(onnx: Path, data: str, work: Path) -> dict:
@@ -78,6 +102,8 @@ def _detector_row(index: int, spec: dict, out: Path) -> dict:
     row: dict = {"family": family}
     t0 = time.perf_counter()
     try:
+        if "build" in spec:
+            spec["model"] = spec.pop("build")(work)
         result = run_ptq(PTQSettings.from_dict({**spec, "out": str(work / "ptq"), "rules": "tensorrt",
                                                 "ort_eval": True, "batch": 8}), progress=False, log=lambda *_: None)
     except Exception as exc:
@@ -110,7 +136,7 @@ def _transformer_row(out: Path) -> dict:
     spec.loader.exec_module(example)
     s = example.run(out / "transformer")
     check = check_qdq(s["onnx"])
-    return {"family": "transformer encoder (examples/transformer_encoder.py, random init)", "loads": "nn.Module",
+    return {"family": TRANSFORMER, "loads": "nn.Module",
             "int8_layers": len(s["quantized_layers"]), "float_layers": 0, "rules_groups": s["rules_groups"],
             "kept_float": s["kept_float"],
             "check_errors": len(check.errors), "check_error_rules": sorted({f.rule for f in check.errors}),
@@ -137,8 +163,6 @@ def table(rows: list[dict]) -> str:
             rules += f"; {len(r['kept_float'])} attention op(s) kept float"
         lines.append(f"| {r['family']} | {r['loads']} | {r['int8_layers']} / {r['float_layers']} | "
                      f"{rules} | {errors} | {fidelity} | {val_text} |")
-    lines.append("| YOLOv7-tiny | not run: needs the yolov7 training repository (`--repo`), not available here | "
-                 "- | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -147,10 +171,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/families"))
     p.add_argument("--imgsz", type=int, default=320, help="image size of the coco128 rows (default 320)")
     p.add_argument("--images", type=int, default=16, help="calibration and evaluation images per coco128 row")
+    p.add_argument("--only", metavar="TEXT", help="run only the rows whose family contains TEXT (case-insensitive)")
     args = p.parse_args(argv)
+
+    def wanted(family: str) -> bool:
+        return args.only is None or args.only.lower() in family.lower()
+    specs = [(i, spec) for i, spec in enumerate(_families(args.imgsz, args.images)) if wanted(spec["family"])]
+    if not specs and not wanted(TRANSFORMER):
+        p.error(f"--only {args.only!r} matches no family")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [_detector_row(i, spec, args.out) for i, spec in enumerate(_families(args.imgsz, args.images))]
-    rows.append(_transformer_row(args.out))
+    rows = [_detector_row(i, spec, args.out) for i, spec in specs]
+    if wanted(TRANSFORMER):
+        rows.append(_transformer_row(args.out))
     (args.out / "families.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     print(f"machine: {machine()}\n")
     print(table(rows))
