@@ -45,22 +45,27 @@ def _families(imgsz: int, images: int) -> list[dict]:
         {"family": "YOLOv8n (yaml, random weights: mechanics only)", "model": "yolov8n.yaml", **small},
         {"family": "YOLO11n (yaml, random weights: mechanics only)", "model": "yolo11n.yaml", **small},
         {"family": "YOLOv7-tiny (stand-in repo, yaml-built, random weights: mechanics only)",
-         "build": _yolov7_tiny_checkpoint, "repo": str(YOLOV7_REPO), **small},
+         "build": _yolov7_tiny_checkpoint, "repo": str(YOLOV7_REPO), "allow_empty": True, **small},
     ]
 
 
 def _yolov7_tiny_checkpoint(work: Path) -> str:
     """Build YOLOv7-tiny from the stand-in repository's yaml (random weights) and torch.save it as YOLOv7's train.py
-    does ({'model': fp16 model, ...}); the row then loads that file with --repo, like a user's checkpoint."""
+    does ({'model': fp16 model, ...}) with COCO's class names, as a COCO-trained checkpoint has them; the row then
+    loads that file with --repo, like a user's checkpoint. Its head biases sit at YOLOv7's priors, so the float
+    model detects nothing at conf 0.25 (hence allow_empty: mAP 0, nothing to score fidelity on)."""
     import importlib
 
     import torch
+    import yaml
     from qdqtorch.models.repo_pickle import repository_on_path
     work.mkdir(parents=True, exist_ok=True)
     path = work / "yolov7-tiny-standin.pt"
     torch.manual_seed(0)
     with repository_on_path(YOLOV7_REPO):
         model = importlib.import_module("models.yolo").Model(YOLOV7_REPO / "cfg/yolov7-tiny.yaml").eval()
+        names = yaml.safe_load(COCO.read_text())["names"]
+        model.names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
         torch.save({"model": model.half(), "optimizer": None, "training_results": None, "epoch": -1}, path)
     return str(path)
 
@@ -80,8 +85,9 @@ def _ultralytics_val(onnx: Path, data: str, work: Path) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
-def _score_agreement(model, layout: str, onnx: Path, imgsz: int) -> float:
-    """Largest |class score| difference between ONNX Runtime and PyTorch fake quant on two random images."""
+def _agreement(model, layout: str, onnx: Path, imgsz: int) -> tuple[float, float]:
+    """Largest |class score| and |box coordinate| (pixels) differences between ONNX Runtime and PyTorch fake quant
+    on two random images (the boxes still say something when a random model's scores are all near 0)."""
     import torch
     from qdqtorch.export.runtime import OnnxRuntimeModule
     from qdqtorch.models import YOLOV5, PredictionOnly
@@ -92,7 +98,10 @@ def _score_agreement(model, layout: str, onnx: Path, imgsz: int) -> float:
 
     def scores(p):
         return p[..., 5:] * p[..., 4:5] if layout == YOLOV5 else p[:, 4:]
-    return float((scores(ours) - scores(theirs)).abs().max())
+
+    def boxes(p):
+        return p[..., :4] if layout == YOLOV5 else p[:, :4]
+    return float((scores(ours) - scores(theirs)).abs().max()), float((boxes(ours) - boxes(theirs)).abs().max())
 
 
 def _detector_row(index: int, spec: dict, out: Path) -> dict:
@@ -109,6 +118,7 @@ def _detector_row(index: int, spec: dict, out: Path) -> dict:
     except Exception as exc:
         return {**row, "loads": f"no: {type(exc).__name__}: {str(exc)[:200]}"}
     s = result.summary
+    score_diff, box_diff = _agreement(result.model, s["model"]["layout"], Path(s["onnx"]), spec["imgsz"])
     rules = s["quantization"].get("rules", {})
     row.update(loads=s["model"]["source"].split(":")[0], layout=s["model"]["layout"],
                int8_layers=len(s["quantization"]["replaced"]), float_layers=len(s["quantization"]["ignored"]),
@@ -118,7 +128,7 @@ def _detector_row(index: int, spec: dict, out: Path) -> dict:
                kept_float=[op for op, _ in rules.get("float_ops", [])], check_errors=len(s["qdq_check"]["errors"]),
                check_error_rules=sorted({e["rule"] for e in s["qdq_check"]["errors"]}),
                int8_map=s["int8"]["map50_95"], ort_map=s["int8_onnxruntime"]["map50_95"],
-               max_score_diff=_score_agreement(result.model, s["model"]["layout"], Path(s["onnx"]), spec["imgsz"]),
+               max_score_diff=score_diff, max_box_diff_px=box_diff,
                seconds=round(time.perf_counter() - t0, 1))
     if s["model"]["layout"] == "ultralytics":
         row["ultralytics_val"] = _ultralytics_val(Path(s["onnx"]), spec["data"], work)
@@ -152,7 +162,8 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['family']} | {r['loads']} | - | - | - | - | - |")
             continue
         fidelity = r.get("fidelity") or (f"mAP50-95 {r['int8_map']:.4f} vs ORT {r['ort_map']:.4f}; max "
-                                         f"|Δ class score| {r['max_score_diff']:.4f}")
+                                         f"|Δ class score| {r['max_score_diff']:.4f}, |Δ box| "
+                                         f"{r['max_box_diff_px']:.2f} px")
         errors = f"{r['check_errors']}" + (f" ({', '.join(r['check_error_rules'])})" if r["check_errors"] else "")
         val = r["ultralytics_val"]
         val_text = f"yes (mAP50-95 {val['map50_95']:.4f})" if val["ok"] else f"no: {val['error']}"
