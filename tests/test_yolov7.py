@@ -160,3 +160,23 @@ def test_yolov7_fused_repconv_exports_one_conv_each(rep_path, tmp_path):
                         and any(n.name.startswith(f"/model.{i}/") for i in REPCONV_LAYERS)]
     assert onnx_convs[True] == {16: 1, 19: 1, 20: 1, "total": onnx_convs[False]["total"] - 3}
     assert onnx_convs[False] == {16: 2, 19: 2, 20: 2, "total": onnx_convs[True]["total"] + 3}
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_yolov7_repconv_checkpoint_through_the_ptq_job(rep_path, coco128_dir, tmp_path, fuse):
+    """run_ptq with --repo (2 + 2 coco128 images at 64 px): fuse_reparam decides which form is quantized/exported."""
+    from qdqtorch.pipeline import PTQSettings, run_ptq
+    settings = PTQSettings.from_dict({
+        "model": str(rep_path), "repo": str(YOLOV7_REPO_FIXTURE), "data": str(coco128_dir / "coco128.yaml"),
+        "out": str(tmp_path / "ptq"), "imgsz": 64, "num_calib": 2, "num_eval": 2, "batch": 2, "calib_method": "max",
+        "fuse_reparam": fuse, "allow_empty": True, "check": True})
+    with pytest.warns(UserWarning):  # random weights: nothing detected, said as a warning
+        summary = run_ptq(settings, progress=False, log=lambda *_: None).summary
+    assert ("re-parameterised blocks fused: 3" in summary["model"]["source"]) is fuse
+    replaced = summary["quantization"]["replaced"]
+    # 12 Conv layers, 7 convs in SPPCSPC, 2 IDetect convs, and 1 or 2 per RepConv
+    assert len(replaced) == (24 if fuse else 27) and not summary["quantization"]["ignored"]
+    assert summary["qdq_check"]["ok"] and not summary["qdq_check"]["errors"]
+    nodes = onnx.load(summary["onnx"]).graph.node
+    convs = [sum(n.op_type == "Conv" and f"/model.{i}/" in n.name for n in nodes) for i in REPCONV_LAYERS]
+    assert convs == ([1, 1, 1] if fuse else [2, 2, 2])
