@@ -6,8 +6,12 @@ errors, ONNX Runtime vs PyTorch fake-quant fidelity, and whether Ultralytics run
 
 Each detector goes through the whole PTQ job (`run_ptq`, --rules tensorrt, mse, static-shape export, ONNX Runtime
 evaluation) on a few coco128 images (the demo on its own data). Families built from their Ultralytics yaml have random
-weights: their rows test the mechanics only, their mAP means nothing. Writes OUT/families.json and prints a
-Markdown table.
+weights: their rows test the mechanics only, their mAP means nothing. The YOLOv7-tiny row is built from the yaml of
+the stand-in repository tests/fixtures/yolov7_repo (random weights too), saved as a whole-model checkpoint and loaded
+back with --repo, as a user's YOLOv7 `best.pt` would be. Writes OUT/families.json and prints a Markdown table;
+`--only TEXT` runs just the rows whose family contains TEXT:
+
+    python benchmarks/families.py --out runs/families_v7 --only yolov7
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from benchmarks._common import ROOT, SHARED, machine  # noqa: E402
 COCO = SHARED / "data/coco128/coco128.yaml"
 DEMO = ROOT / "assets/demo"
 YOLOV5_REPO = ROOT / "tests/fixtures/yolov5_repo"
+YOLOV7_REPO = ROOT / "tests/fixtures/yolov7_repo"
+TRANSFORMER = "transformer encoder (examples/transformer_encoder.py, random init)"
 
 
 def _families(imgsz: int, images: int) -> list[dict]:
@@ -38,7 +44,30 @@ def _families(imgsz: int, images: int) -> list[dict]:
          "data": str(DEMO / "shapes.yaml"), "imgsz": 256, "num_calib": 32},
         {"family": "YOLOv8n (yaml, random weights: mechanics only)", "model": "yolov8n.yaml", **small},
         {"family": "YOLO11n (yaml, random weights: mechanics only)", "model": "yolo11n.yaml", **small},
+        {"family": "YOLOv7-tiny (stand-in repo, yaml-built, random weights: mechanics only)",
+         "build": _yolov7_tiny_checkpoint, "repo": str(YOLOV7_REPO), "allow_empty": True, **small},
     ]
+
+
+def _yolov7_tiny_checkpoint(work: Path) -> str:
+    """Build YOLOv7-tiny from the stand-in repository's yaml (random weights) and torch.save it as YOLOv7's train.py
+    does ({'model': fp16 model, ...}) with COCO's class names, as a COCO-trained checkpoint has them; the row then
+    loads that file with --repo, like a user's checkpoint. Its head biases sit at YOLOv7's priors, so the float
+    model detects nothing at conf 0.25 (hence allow_empty: mAP 0, nothing to score fidelity on)."""
+    import importlib
+
+    import torch
+    import yaml
+    from qdqtorch.models.repo_pickle import repository_on_path
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "yolov7-tiny-standin.pt"
+    torch.manual_seed(0)
+    with repository_on_path(YOLOV7_REPO):
+        model = importlib.import_module("models.yolo").Model(YOLOV7_REPO / "cfg/yolov7-tiny.yaml").eval()
+        names = yaml.safe_load(COCO.read_text())["names"]
+        model.names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+        torch.save({"model": model.half(), "optimizer": None, "training_results": None, "epoch": -1}, path)
+    return str(path)
 
 
 def _ultralytics_val(onnx: Path, data: str, work: Path) -> dict:
@@ -56,8 +85,9 @@ def _ultralytics_val(onnx: Path, data: str, work: Path) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
-def _score_agreement(model, layout: str, onnx: Path, imgsz: int) -> float:
-    """Largest |class score| difference between ONNX Runtime and PyTorch fake quant on two random images."""
+def _agreement(model, layout: str, onnx: Path, imgsz: int) -> tuple[float, float]:
+    """Largest |class score| and |box coordinate| (pixels) differences between ONNX Runtime and PyTorch fake quant
+    on two random images (the boxes still say something when a random model's scores are all near 0)."""
     import torch
     from qdqtorch.export.runtime import OnnxRuntimeModule
     from qdqtorch.models import YOLOV5, PredictionOnly
@@ -68,7 +98,10 @@ def _score_agreement(model, layout: str, onnx: Path, imgsz: int) -> float:
 
     def scores(p):
         return p[..., 5:] * p[..., 4:5] if layout == YOLOV5 else p[:, 4:]
-    return float((scores(ours) - scores(theirs)).abs().max())
+
+    def boxes(p):
+        return p[..., :4] if layout == YOLOV5 else p[:, :4]
+    return float((scores(ours) - scores(theirs)).abs().max()), float((boxes(ours) - boxes(theirs)).abs().max())
 
 
 def _detector_row(index: int, spec: dict, out: Path) -> dict:
@@ -78,11 +111,14 @@ def _detector_row(index: int, spec: dict, out: Path) -> dict:
     row: dict = {"family": family}
     t0 = time.perf_counter()
     try:
+        if "build" in spec:
+            spec["model"] = spec.pop("build")(work)
         result = run_ptq(PTQSettings.from_dict({**spec, "out": str(work / "ptq"), "rules": "tensorrt",
                                                 "ort_eval": True, "batch": 8}), progress=False, log=lambda *_: None)
     except Exception as exc:
         return {**row, "loads": f"no: {type(exc).__name__}: {str(exc)[:200]}"}
     s = result.summary
+    score_diff, box_diff = _agreement(result.model, s["model"]["layout"], Path(s["onnx"]), spec["imgsz"])
     rules = s["quantization"].get("rules", {})
     row.update(loads=s["model"]["source"].split(":")[0], layout=s["model"]["layout"],
                int8_layers=len(s["quantization"]["replaced"]), float_layers=len(s["quantization"]["ignored"]),
@@ -92,7 +128,7 @@ def _detector_row(index: int, spec: dict, out: Path) -> dict:
                kept_float=[op for op, _ in rules.get("float_ops", [])], check_errors=len(s["qdq_check"]["errors"]),
                check_error_rules=sorted({e["rule"] for e in s["qdq_check"]["errors"]}),
                int8_map=s["int8"]["map50_95"], ort_map=s["int8_onnxruntime"]["map50_95"],
-               max_score_diff=_score_agreement(result.model, s["model"]["layout"], Path(s["onnx"]), spec["imgsz"]),
+               max_score_diff=score_diff, max_box_diff_px=box_diff,
                seconds=round(time.perf_counter() - t0, 1))
     if s["model"]["layout"] == "ultralytics":
         row["ultralytics_val"] = _ultralytics_val(Path(s["onnx"]), spec["data"], work)
@@ -110,7 +146,7 @@ def _transformer_row(out: Path) -> dict:
     spec.loader.exec_module(example)
     s = example.run(out / "transformer")
     check = check_qdq(s["onnx"])
-    return {"family": "transformer encoder (examples/transformer_encoder.py, random init)", "loads": "nn.Module",
+    return {"family": TRANSFORMER, "loads": "nn.Module",
             "int8_layers": len(s["quantized_layers"]), "float_layers": 0, "rules_groups": s["rules_groups"],
             "kept_float": s["kept_float"],
             "check_errors": len(check.errors), "check_error_rules": sorted({f.rule for f in check.errors}),
@@ -126,7 +162,8 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['family']} | {r['loads']} | - | - | - | - | - |")
             continue
         fidelity = r.get("fidelity") or (f"mAP50-95 {r['int8_map']:.4f} vs ORT {r['ort_map']:.4f}; max "
-                                         f"|Δ class score| {r['max_score_diff']:.4f}")
+                                         f"|Δ class score| {r['max_score_diff']:.4f}, |Δ box| "
+                                         f"{r['max_box_diff_px']:.2f} px")
         errors = f"{r['check_errors']}" + (f" ({', '.join(r['check_error_rules'])})" if r["check_errors"] else "")
         val = r["ultralytics_val"]
         val_text = f"yes (mAP50-95 {val['map50_95']:.4f})" if val["ok"] else f"no: {val['error']}"
@@ -137,8 +174,6 @@ def table(rows: list[dict]) -> str:
             rules += f"; {len(r['kept_float'])} attention op(s) kept float"
         lines.append(f"| {r['family']} | {r['loads']} | {r['int8_layers']} / {r['float_layers']} | "
                      f"{rules} | {errors} | {fidelity} | {val_text} |")
-    lines.append("| YOLOv7-tiny | not run: needs the yolov7 training repository (`--repo`), not available here | "
-                 "- | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -147,10 +182,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/families"))
     p.add_argument("--imgsz", type=int, default=320, help="image size of the coco128 rows (default 320)")
     p.add_argument("--images", type=int, default=16, help="calibration and evaluation images per coco128 row")
+    p.add_argument("--only", metavar="TEXT", help="run only the rows whose family contains TEXT (case-insensitive)")
     args = p.parse_args(argv)
+
+    def wanted(family: str) -> bool:
+        return args.only is None or args.only.lower() in family.lower()
+    specs = [(i, spec) for i, spec in enumerate(_families(args.imgsz, args.images)) if wanted(spec["family"])]
+    if not specs and not wanted(TRANSFORMER):
+        p.error(f"--only {args.only!r} matches no family")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [_detector_row(i, spec, args.out) for i, spec in enumerate(_families(args.imgsz, args.images))]
-    rows.append(_transformer_row(args.out))
+    rows = [_detector_row(i, spec, args.out) for i, spec in specs]
+    if wanted(TRANSFORMER):
+        rows.append(_transformer_row(args.out))
     (args.out / "families.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     print(f"machine: {machine()}\n")
     print(table(rows))

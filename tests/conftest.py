@@ -14,6 +14,7 @@ COCO128 = SHARED / "data" / "coco128"
 YOLOV5N = SHARED / "models" / "yolov5n.pt"
 PPE_YOLOV5N = SHARED / "models" / "ppe_yolov5n.pt"
 YOLOV5_REPO_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "yolov5_repo"
+YOLOV7_REPO_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "yolov7_repo"
 
 
 def _require(path: Path, what: str) -> Path:

@@ -33,7 +33,7 @@ class V7RepConv(nn.Module):
         self.rbr_identity = nn.BatchNorm2d(c1) if c1 == c2 and s == 1 else None
         self.rbr_dense = _conv_bn(c1, c2, 3, s, g)
         self.rbr_1x1 = _conv_bn(c1, c2, 1, s, g)
-        self.f, self.i = -1, 7  # layer-graph bookkeeping of the repository
+        self.f, self.i, self.type = -1, 7, "models.common.RepConv"  # layer-graph bookkeeping of the repository
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = 0 if self.rbr_identity is None else self.rbr_identity(x)
@@ -55,6 +55,7 @@ def test_yolov7_style_repconv_fuses_to_equal_outputs(c1, c2, s, g):
         assert fuse_reparameterizable(model) == ["0", "1"]
         got = model(x)
     assert all(isinstance(m, FusedRepConv) for m in model) and model[0].f == -1 and model[0].i == 7
+    assert model[0].type == "models.common.RepConv"  # shadows nn.Module.type(), as on the original block
     assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 2  # one conv per block, no Add
     assert _rel(got, reference) < 1e-4
 

@@ -121,8 +121,11 @@ def fuse_reparameterizable(model: nn.Module) -> list[str]:
             continue
         replacement = FusedRepConv(conv, parts[2])
         replacement.training = block.training
-        for key, value in vars(block).items():  # layer-graph bookkeeping of YOLO repositories (f, i, type, np)
-            if not key.startswith("_") and key != "training" and not hasattr(replacement, key):
+        # layer-graph bookkeeping of YOLO repositories (f, i, type, np); `type` shadows nn.Module.type() on the
+        # block itself, so it is copied even though the replacement "has" it (a hasattr test silently dropped it)
+        for key, value in vars(block).items():
+            if (not key.startswith("_") and key != "training" and value is not None
+                    and key not in vars(replacement) and key not in vars(FusedRepConv)):
                 setattr(replacement, key, value)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
