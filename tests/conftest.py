@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "true")  # never let ultralytics reach for the network in tests
 
@@ -40,3 +41,14 @@ def yolov5n_path() -> Path:
 def ppe_yolov5n_path() -> Path:
     """A third-party YOLOv5n fine-tuned on 2 classes (helmet, vest), no labels for it here."""
     return _require(PPE_YOLOV5N, "ppe_yolov5n.pt checkpoint")
+
+
+def randomise_batchnorm(model: torch.nn.Module) -> None:
+    """Non-trivial BatchNorm statistics, so that fusing them is tested (a fresh BatchNorm is the identity)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)

@@ -6,18 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import randomise_batchnorm
 from qdqtorch.models import fuse_reparameterizable, load_model
 from qdqtorch.models.reparam import FusedRepConv
-
-
-def _randomise_bn(model: nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.3, 3)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
 
 
 def _conv_bn(c1: int, c2: int, k: int, s: int, g: int) -> nn.Sequential:
@@ -48,7 +39,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_yolov7_style_repconv_fuses_to_equal_outputs(c1, c2, s, g):
     torch.manual_seed(0)
     model = nn.Sequential(V7RepConv(c1, c2, s, g), V7RepConv(c2, c2)).eval()
-    _randomise_bn(model)
+    randomise_batchnorm(model)
     x = torch.randn(2, c1, 12, 12)
     with torch.no_grad():
         reference = model(x)
@@ -64,7 +55,7 @@ def test_ultralytics_repconv_fuses_to_equal_outputs():
     from ultralytics.nn.modules.conv import RepConv
     torch.manual_seed(0)
     model = nn.Sequential(RepConv(8, 8, bn=True), RepConv(8, 16)).eval()
-    _randomise_bn(model)
+    randomise_batchnorm(model)
     x = torch.randn(2, 8, 10, 10)
     with torch.no_grad():
         reference = model(x)
@@ -76,7 +67,7 @@ def test_load_model_fuses_yolov9_repconvs_by_default_and_keeps_them_on_request()
     """yolov9t.yaml (RepNCSPELAN4 -> RepConv): the default load is the deployed form with the same outputs."""
     torch.manual_seed(0)
     training = load_model("yolov9t.yaml", fuse_reparam=False)
-    _randomise_bn(training.model)
+    randomise_batchnorm(training.model)
     state = {k: v.clone() for k, v in training.model.state_dict().items()}
     torch.manual_seed(0)
     deployed = load_model("yolov9t.yaml", fuse_reparam=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import YOLOV7_REPO_FIXTURE
+from conftest import YOLOV7_REPO_FIXTURE, randomise_batchnorm
 from qdqtorch.export import check_qdq, export_onnx
 from qdqtorch.models import load_model, select_predictions
 from qdqtorch.models.reparam import FusedRepConv
@@ -24,15 +24,6 @@ REP_YAML = YOLOV7_REPO_FIXTURE / "cfg" / "rep-small.yaml"
 REPCONV_LAYERS = (16, 19, 20)  # RepConv rows of rep-small.yaml
 
 
-def _randomise_bn(model: nn.Module) -> None:
-    """Non-trivial BatchNorm statistics, so that fusing them is tested (fresh BN is the identity)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
 
 
 def _save_checkpoint(cfg: Path, path: Path, seed: int = 0) -> nn.Module:
@@ -40,7 +31,7 @@ def _save_checkpoint(cfg: Path, path: Path, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     with repository_on_path(YOLOV7_REPO_FIXTURE):
         model = importlib.import_module("models.yolo").Model(cfg)
-        _randomise_bn(model)
+        randomise_batchnorm(model)
         model.eval()
         torch.save({"model": copy.deepcopy(model).half(), "optimizer": None, "training_results": None, "epoch": -1},
                    path)
