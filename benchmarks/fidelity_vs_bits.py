@@ -41,7 +41,39 @@ def grid_use(model, batch) -> str:
             "about half of the signed int8 grid (one bit) stays unused")
 
 
-VARIANTS = [(8, 8), (9, 8), (10, 8), (12, 8), (16, 8), (8, 10), (8, 16), (10, 10)]  # (activation bits, weight bits)
+def asymmetric_what_if(model, calibration, reference, fidelity) -> str:
+    """What-if, not a qdqtorch mode: the same calibrated model with every activation on an asymmetric 8-bit grid
+    [observed min, amax] (uint8 with a zero point, as ONNX Runtime's own quantizer does; TensorRT accepts only zero
+    points of 0, i.e. the symmetric grid). A forward hook replaces each activation quantizer's output."""
+    import torch
+
+    from qdqtorch.quantize import named_quantizers, weight_quantizer_ids
+    weights = weight_quantizer_ids(model)
+    acts = [(n, q) for n, q in named_quantizers(model) if id(q) not in weights and q.amax is not None]
+    low: dict = {}
+    hooks = [q.register_forward_pre_hook(lambda m, a, n=n: low.__setitem__(n, min(low.get(n, 0.0), float(a[0].min()))))
+             for n, q in acts]
+    with torch.no_grad():
+        for batch in calibration:
+            model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+    for h in hooks:
+        h.remove()
+
+    def affine(lo: float, hi: float):
+        scale = (hi - lo) / 255
+        zero_point = int(round(-lo / scale))
+        return lambda m, a, out: torch.fake_quantize_per_tensor_affine(a[0], scale, zero_point, 0, 255)
+
+    hooks = [q.register_forward_hook(affine(low[n], float(q.amax.max()))) for n, q in acts]
+    try:
+        r = fidelity(model, reference)
+    finally:
+        for h in hooks:
+            h.remove()
+    return f"| 8, asymmetric [min, amax] (what-if) | 8 | {r.map50_95:.3f} | {r.map50:.3f} | - |"
+
+
+VARIANTS = [(8, 8), (9, 8), (10, 8), (16, 8), (8, 16)]  # (activation bits, weight bits)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,13 +107,14 @@ def main(argv=None) -> int:
                              weight=base.weight.replace(num_bits=weight_bits))
         quantize_model(model, config)
         apply_placement(model, placement_from_name(args.rules), sample)
-        calibrate(model, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib), method="mse",
-                  progress=False)
+        calibration = list(calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib))
+        calibrate(model, calibration, method="mse", progress=False)
         r = fidelity(model, reference)
         print(f"| {act_bits} | {weight_bits} | {r.map50_95:.3f} | {r.map50:.3f} | {outputs_line(r.outputs)} |",
               flush=True)
         if (act_bits, weight_bits) == (8, 8):
             usage = grid_use(model, next(eval_set.batches(16))[1])
+            print(asymmetric_what_if(model, calibration, reference, fidelity), flush=True)
     print(f"\nint8 grid use at 8/8: {usage}")
     return 0
 
