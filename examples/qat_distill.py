@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from qdqtorch.errors import QdqtorchError  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> dict:
     from qdqtorch import QuantConfig, calibrate, quantize_model
     from qdqtorch.data import Preprocess, calibration_loader
     from qdqtorch.eval import evaluate
+    from qdqtorch.eval.fidelity import fidelity, float_reference
     from qdqtorch.models import load_model
     from qdqtorch.qat import DistillationLoss, make_teacher, param_groups, prepare_qat, save_qat_checkpoint
     from qdqtorch.rules import apply_placement, placement_from_name
@@ -99,6 +102,14 @@ def run(args: argparse.Namespace) -> dict:
     if not args.skip_float_eval:
         summary["float"] = evaluate(model, eval_set, **eval_kwargs).to_dict()
         print(f"float: mAP50-95 {summary['float']['map50_95']:.4f}")
+    # the float model's own detections: fidelity (label-free agreement with float) of PTQ and QAT is scored on them
+    reference = float_reference(model, eval_set, layout=layout, batch_size=args.batch)
+
+    def score(key: str) -> None:
+        summary[key] = evaluate(model, eval_set, **eval_kwargs).to_dict()
+        agreement = fidelity(model, reference, batch_size=args.batch, outputs=False)
+        summary[key]["fidelity"] = {"map50_95": agreement.map50_95, "map50": agreement.map50}
+        print(f"{key.upper()}: mAP50-95 {summary[key]['map50_95']:.4f}, fidelity mAP50-95 {agreement.map50_95:.4f}")
 
     config = QuantConfig(ignore=list(dict.fromkeys([*loaded.default_ignore, *args.ignore])))
     quantize_model(model, config)
@@ -106,8 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     calib = calibration_loader(args.images, preprocess, batch_size=args.batch, num_images=args.num_calib,
                                workers=args.workers)
     calibrate(model, calib, method=args.calib_method, device=args.device)
-    summary["ptq"] = evaluate(model, eval_set, **eval_kwargs).to_dict()
-    print(f"PTQ ({args.calib_method}): mAP50-95 {summary['ptq']['map50_95']:.4f}")
+    score("ptq")
 
     teacher = make_teacher(model)
     learn = False if args.learn_amax is None else (args.learn_amax or True)
@@ -138,8 +148,7 @@ def run(args: argparse.Namespace) -> dict:
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1)})
     summary["train_seconds"] = time.perf_counter() - t0
     summary["history"] = history
-    summary["qat"] = evaluate(model, eval_set, **eval_kwargs).to_dict()
-    print(f"QAT: mAP50-95 {summary['qat']['map50_95']:.4f}")
+    score("qat")
 
     if "float" in summary:
         gap = summary["float"]["map50_95"] - summary["ptq"]["map50_95"]
@@ -155,8 +164,9 @@ def run(args: argparse.Namespace) -> dict:
 def _table(summary: dict) -> str:
     rows = [(name, summary[key]) for name, key in (("float", "float"), ("PTQ", "ptq"), ("QAT", "qat"))
             if key in summary]
-    lines = ["model   mAP50-95  mAP50", "-----   --------  -----"]
-    lines += [f"{name:<7} {r['map50_95']:.4f}    {r['map50']:.4f}" for name, r in rows]
+    lines = ["model   mAP50-95  mAP50   fidelity mAP50-95", "-----   --------  ------  -----------------"]
+    lines += [f"{name:<7} {r['map50_95']:.4f}    {r['map50']:.4f}  " +
+              (f"{r['fidelity']['map50_95']:.4f}" if "fidelity" in r else "1 (reference)") for name, r in rows]
     if summary.get("gap_recovered") is not None:
         lines.append(f"QAT recovered {100 * summary['gap_recovered']:.0f}% of the PTQ gap to float")
     return "\n".join(lines)
@@ -166,7 +176,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         summary = run(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
+    except (QdqtorchError, FileNotFoundError) as exc:  # bad input: one line; anything else is a bug (traceback)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(_table(summary))

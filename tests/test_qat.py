@@ -357,3 +357,27 @@ def test_yolov5n_qat_checkpoint_reloads_into_a_fresh_quantized_model(yolo_qat, t
         quantize_model(mismatched, QuantConfig(ignore=[r"model\.24\."]))
     with pytest.raises(CalibrationError, match=r"model\.24\.m\.0\._input_quantizer"):
         load_qat_checkpoint(mismatched, path)
+
+
+def test_qat_example_scores_fidelity_of_ptq_and_qat_on_the_demo(tmp_path):
+    """examples/qat_distill.py judges PTQ and QAT by fidelity too: both in summary.json, as fractions of the float
+    model's own detections, and one epoch of distillation does not lose agreement with float."""
+    import importlib.util
+    import json
+
+    from conftest import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("qat_distill", REPO_ROOT / "examples" / "qat_distill.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    demo = REPO_ROOT / "assets" / "demo"
+    out = tmp_path / "qat"
+    assert example.main(["--model", str(demo / "shapes_detector.safetensors"), "--images", str(demo / "shapes.yaml"),
+                         "--val-data", str(demo / "shapes.yaml"), "--imgsz", "256", "--epochs", "1",
+                         "--num-images", "16", "--num-eval", "16", "--num-calib", "16", "--device", "cpu",
+                         "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    ptq, qat = summary["ptq"]["fidelity"], summary["qat"]["fidelity"]
+    for f in (ptq, qat):
+        assert 0.0 < f["map50_95"] <= f["map50"] <= 1.0
+    assert ptq["map50_95"] < 1.0                     # INT8 changes some boxes
+    assert qat["map50_95"] >= ptq["map50_95"] - 0.01  # distilling towards float keeps (here: raises) agreement
