@@ -191,3 +191,108 @@ def test_ptq_script_recovers_the_embedded_demo(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["recovery"]["method"] == "adaround" and summary["recovery"]["images"] == 4
     assert "recover" in summary["timings"] and "recovery" in summary["fields"]
+
+
+# ---- refine_ranges: activation amax fitted to the network's output ------------------------------------------------
+
+class _Branches(nn.Module):
+    """Two conv branches concatenated into a third conv: TensorRT rules tie the Concat inputs' quantizers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+        self.c = nn.Conv2d(12, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1))
+
+
+def _branches(config: dict, rules: bool = True) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(1)
+    model = _Branches().eval()
+    float_model = _Branches().eval()
+    float_model.load_state_dict(model.state_dict())
+    data = nn.functional.avg_pool2d(torch.randn(16, 4, 14, 14), 3, 1)
+    data[0, :, 2, 2] = 12.0    # an outlier that max calibration stretches every range for
+    quantize_model(model, QuantConfig.from_dict(config))
+    if rules:
+        apply_placement(model, TensorRTPlacement(), data[:1])
+    calibrate(model, [data], method="max", progress=False)
+    return model, float_model, data
+
+
+def _output_mse(model: nn.Module, float_model: nn.Module, data: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(data).double() - float_model(data).double()).pow(2).mean())
+
+
+def test_refined_ranges_lower_the_output_error_below_calibration_and_stay_tied():
+    from qdqtorch.recovery import refine_ranges
+    from qdqtorch.rules import TiedQuantizer
+    model, float_model, data = _branches({"input": {"num_bits": 4}})
+    weights = weight_quantizer_ids(model)
+    tied = [q for _, q in named_quantizers(model) if isinstance(q, TiedQuantizer)]
+    assert tied, "the placement should tie the Concat inputs"
+    w_before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("_amax")}
+    w_amax = {n: q.amax.clone() for n, q in named_quantizers(model) if id(q) in weights}
+    tied_before = float(tied[0].amax)
+    before = _output_mse(model, float_model, data)
+    report = refine_ranges(model, [data], num_images=16, iters=150, lr=0.05, batch_size=8, progress=False)
+    after = _output_mse(model, float_model, data)
+    assert after < 0.7 * before, (before, after)
+    assert report.error_after < report.error_before
+    # tied: every site still reads one quantizer object, whose amax was learned
+    assert float(tied[0].amax) != tied_before
+    sites = [m for m in model.modules() for v in vars(m)["_modules"].values() if v is tied[0]]
+    assert len(sites) >= 2 or len({id(q) for _, q in named_quantizers(model) if isinstance(q, TiedQuantizer)}) == 1
+    # weights and weight quantizers untouched
+    after_state = model.state_dict()
+    assert all(torch.equal(after_state[k], v) for k, v in w_before.items())
+    assert all(torch.equal(q.amax, w_amax[n]) for n, q in named_quantizers(model) if id(q) in weights)
+
+
+def test_refined_ranges_respect_ignore_and_restore_on_interrupt(monkeypatch):
+    from qdqtorch.recovery import refine_ranges
+    model, _, data = _branches({"input": {"num_bits": 4}, "ignore": [r"c"]}, rules=False)
+    model.a._input_quantizer.disable()
+    amax = {n: q.amax.clone() for n, q in named_quantizers(model) if q.amax is not None}
+    assert not hasattr(model.c, "_input_quantizer")   # ignored: left a float Conv2d
+    import qdqtorch.recovery.ranges as rr
+    real = rr._output_error
+    calls = []
+
+    def boom(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(rr, "_output_error", boom)
+    with pytest.raises(KeyboardInterrupt):
+        refine_ranges(model, [data], num_images=16, iters=20, progress=False)
+    assert all(torch.equal(q.amax, amax[n]) for n, q in named_quantizers(model) if q.amax is not None)
+    monkeypatch.setattr(rr, "_output_error", real)
+    report = refine_ranges(model, [data], num_images=16, iters=20, progress=False)
+    assert "b._input_quantizer" in report.amax and "a._input_quantizer" not in report.amax
+    assert not model.a._input_quantizer.is_enabled
+    assert torch.equal(model.a._input_quantizer.amax, amax["a._input_quantizer"])
+
+
+def test_export_reproduces_the_refined_ranges(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from qdqtorch.export import export_onnx
+    from qdqtorch.export.runtime import OnnxRuntimeModule
+    from qdqtorch.quantize import load_calibration, save_calibration
+    from qdqtorch.recovery import refine_ranges
+    model, _, data = _branches({})   # 8-bit: ONNX Q/DQ
+    refine_ranges(model, [data], num_images=16, iters=40, lr=0.05, progress=False)
+    path = export_onnx(model, data[:1], tmp_path / "ranges.onnx")
+    with torch.no_grad():
+        fake = model(data[:4])
+    ort = OnnxRuntimeModule(path)(data[:4])
+    step = float(model.c._input_quantizer.amax) / 127 * float(model.c.weight.abs().max()) * 12
+    assert torch.allclose(ort, fake, atol=max(step, 1e-4)), float((ort - fake).abs().max())
+    save_calibration(model, tmp_path / "calibration.json")
+    fresh, _, _ = _branches({})
+    load_calibration(fresh, tmp_path / "calibration.json")
+    with torch.no_grad():
+        assert torch.equal(fresh(data), model(data))

@@ -11,6 +11,9 @@ from ..rules import PLACEMENTS
 from ..calib import WEIGHT_METHODS
 
 
+RECOVER_CHOICES = ("adaround", "gptq", "nearest", "ranges", "adaround+ranges", "gptq+ranges", "nearest+ranges")
+
+
 @dataclass
 class PTQSettings:
     """One post-training-quantization job: model, data, calibration, evaluation and export options.
@@ -35,7 +38,8 @@ class PTQSettings:
     calib_method: str = "mse"                # best measured on YOLOv5n (BENCHMARKS.md §2); "max" is the fastest
     percentile: float = 99.99
     weight_method: str = "max"
-    recover: Optional[str] = None             # label-free weight re-rounding after calibration: adaround, gptq, nearest
+    recover: Optional[str] = None             # label-free recovery after calibration: adaround, gptq, nearest (weights),
+                                              # ranges (activation amax fitted to the network output), or "w+ranges"
     recover_images: int = 16                  # calibration images the recovery fits on (one paired forward pass)
     bias_correction: bool = False             # with recover: also shift biases to cancel each layer's mean error
     ignore: List[str] = field(default_factory=list)
@@ -63,8 +67,8 @@ class PTQSettings:
             raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
         if self.rules not in (None, *PLACEMENTS):
             raise ValueError(f"rules must be one of {PLACEMENTS} or unset, got {self.rules!r}")
-        if self.recover not in (None, "adaround", "gptq", "nearest"):
-            raise ValueError(f"recover must be adaround, gptq, nearest or unset, got {self.recover!r}")
+        if self.recover not in (None, *RECOVER_CHOICES):
+            raise ValueError(f"recover must be one of {RECOVER_CHOICES} or unset, got {self.recover!r}")
         for name in ("num_calib", "batch", "imgsz", "recover_images"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
