@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=str(SHARED / "data/coco128/coco128.yaml"))
     p.add_argument("--rules", nargs="+", default=["tensorrt", "tensorrt-int8-residual"])
     p.add_argument("--methods", nargs="+", default=["none", "adaround"],
-                   help="none, or a recovery method (adaround, gptq, nearest = bias correction only)")
+                   help="none, or a recovery method (adaround, gptq, nearest = bias correction only; ranges = "
+                        "activation amax fitted to the outputs; w+ranges = both, e.g. adaround+ranges)")
     p.add_argument("--num-calib", type=int, default=128)
     p.add_argument("--num-eval", type=int, default=None)
     p.add_argument("--imgsz", type=int, default=640)
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> list:
     from qdqtorch.export.runtime import OnnxRuntimeModule
     from qdqtorch.host_memory import reuse_freed_memory
     from qdqtorch.models import PredictionOnly, load_model
-    from qdqtorch.recovery import recover_weights
+    from qdqtorch.recovery import recover_weights, refine_ranges
     from qdqtorch.rules import apply_placement, placement_from_name
 
     rows = []
@@ -78,9 +79,13 @@ def run(args: argparse.Namespace) -> list:
                     row = {"model": Path(model_path).name, "rules": rules, "method": method, "seconds": 0.0}
                     if method != "none":
                         t0 = time.perf_counter()
-                        recover_weights(candidate, calibration_loader(args.data, pp, batch_size=16,
-                                                                      num_images=args.recover_images),
-                                        method=method, num_images=args.recover_images, progress=False)
+                        weights, _, ranges = method.partition("+")
+                        data = calibration_loader(args.data, pp, batch_size=16, num_images=args.recover_images)
+                        if weights != "ranges":
+                            recover_weights(candidate, data, method=weights, num_images=args.recover_images,
+                                            progress=False)
+                        if "ranges" in (weights, ranges):
+                            print(refine_ranges(candidate, data, num_images=args.recover_images, progress=False))
                         row["seconds"] = time.perf_counter() - t0
                     row["fidelity"] = fidelity(candidate, reference).map50_95
                     onnx_path = export_onnx(PredictionOnly(candidate, loaded.layout), sample, tmp / "m.onnx")

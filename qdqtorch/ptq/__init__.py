@@ -9,7 +9,8 @@ from .stages import (EVALUATIONS, Prepared, calibrate, calibration_data, calibra
                      evaluate, export, load_float, prepare, quant_config_for, quantize, recover, report,
                      samples_in)
 
-__all__ = ["PTQSettings", "RECOVER_CHOICES", "Prepared", "prepare", "calibrate", "evaluate", "export", "recover", "report",
+__all__ = ["PTQSettings", "RECOVER_CHOICES",
+           "Prepared", "prepare", "calibrate", "evaluate", "export", "recover", "report",
            "load_float",
            "quant_config_for", "quantize", "eval_set_for", "calibration_data", "calibration_kwargs", "eval_kwargs",
            "samples_in", "EVALUATIONS", "SUMMARY_FIELDS", "table", "versions", "write_reports"]

@@ -65,7 +65,8 @@ SUMMARY_FIELDS = {
     "qdq_check": "the Q/DQ checker on that ONNX: errors (TensorRT would not build it as INT8 as intended), warnings "
                  "(slower or less accurate placements), node counts",
     "int8_onnxruntime": "COCO metrics of the exported ONNX run in ONNX Runtime (with --ort-eval)",
-    "recovery": "label-free weight re-rounding after calibration (--recover): method, images, seconds, skipped layers",
+    "recovery": "label-free recovery after calibration (--recover): method, images, seconds, skipped layers; "
+                "ranges: activation amax refinement (output error before/after, steps, seconds)",
     "timings": "seconds per stage: load, eval_set, float_eval, calibrate, recover, int8_eval, export, ort_eval",
     "fields": "this explanation of the keys",
 }

@@ -38,8 +38,8 @@ class PTQSettings:
     calib_method: str = "mse"                # best measured on YOLOv5n (BENCHMARKS.md §2); "max" is the fastest
     percentile: float = 99.99
     weight_method: str = "max"
-    recover: Optional[str] = None             # label-free recovery after calibration: adaround, gptq, nearest (weights),
-                                              # ranges (activation amax fitted to the network output), or "w+ranges"
+    recover: Optional[str] = None             # label-free recovery after calibration (RECOVER_CHOICES): adaround,
+                                              # gptq, nearest (weights), ranges (activation amax), or "w+ranges"
     recover_images: int = 16                  # calibration images the recovery fits on (one paired forward pass)
     bias_correction: bool = False             # with recover: also shift biases to cancel each layer's mean error
     ignore: List[str] = field(default_factory=list)

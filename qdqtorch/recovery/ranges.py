@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Union
 
 import torch
 from torch import nn
@@ -95,7 +95,7 @@ class _Learner:
         return y
 
 
-def refine_ranges(model: nn.Module, data: Iterable, *, num_images: int = 32, iters: int = 200, lr: float = 5e-3,
+def refine_ranges(model: nn.Module, data: Iterable, *, num_images: int = 32, iters: int = 100, lr: float = 5e-3,
                   batch_size: int = 8, drop: float = 0.0, device: Union[str, torch.device, None] = None,
                   progress: bool = True, seed: int = 0) -> RangeReport:
     """Learn the amax of every enabled activation quantizer of a calibrated model so that the network's outputs
