@@ -43,7 +43,8 @@ def main() -> None:
     args = p.parse_args()
 
     settings = PTQSettings(model=args.model, repo=args.repo, data=args.data, imgsz=args.imgsz, batch=args.batch,
-                           num_calib=args.num_calib, num_eval=args.num_eval, scorer="fast", export=False)
+                           num_calib=args.num_calib, num_eval=args.num_eval, scorer="fast", export=False,
+                           rules=None)  # the untied model, as the §2 table measured it
     rows = []
     for fold in args.fold:
         # the PTQ run's prepare stage: load (BN folded or not), cache the val images, quantize

@@ -109,7 +109,7 @@ def main() -> None:
     where = machine(args.device)
     settings = PTQSettings(model=args.model, repo=args.repo, data=args.data, imgsz=args.imgsz,
                            num_eval=args.num_images, num_calib=args.num_calib, batch=args.batch, device=args.device,
-                           scorer="fast", export=False)
+                           scorer="fast", export=False, rules=None)  # the §4 sweep: plain replacement
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         t0 = time.perf_counter()

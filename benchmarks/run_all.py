@@ -31,11 +31,11 @@ COMMANDS = [
     ("qat8", "§6", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
                    "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 --val-data "
                    "../shared/data/coco128/coco128.yaml --epochs 8 --imgsz 640 --batch 16 --device cpu "
-                   "--out runs/qat8"),
+                   "--rules none --out runs/qat8"),
     ("qat3", "§6", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
                    "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 --val-data "
                    "../shared/data/coco128/coco128.yaml --epochs 3 --imgsz 640 --batch 16 --device cpu "
-                   "--out runs/qat3"),
+                   "--rules none --out runs/qat3"),
     ("compute_amax", "§3", "python benchmarks/bench_compute_amax.py --num-images 128 --imgsz 640"),
     ("sweep640", "§4", "python benchmarks/bench_sensitivity.py --imgsz 640 --num-images 128 --naive-units 6 "
                        "--naive-allocator both --json runs/sensitivity640.json"),

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from .errors import UsageError
 from .calib.methods import AMAX_METHODS, CALIBRATORS, calibrator_for
 
 AmaxValue = Union[float, Sequence[float], None]
@@ -36,33 +37,33 @@ class QuantDescriptor:
 
     def __post_init__(self) -> None:
         if isinstance(self.num_bits, bool) or not isinstance(self.num_bits, int) or not 2 <= self.num_bits <= 16:
-            raise ValueError(f"QuantDescriptor.num_bits must be an int in 2..16, got {self.num_bits!r}")
+            raise UsageError(f"QuantDescriptor.num_bits must be an int in 2..16, got {self.num_bits!r}")
         if self.axis is not None and (isinstance(self.axis, bool) or not isinstance(self.axis, int)):
-            raise ValueError(f"QuantDescriptor.axis must be None (per-tensor) or an int, got {self.axis!r}")
+            raise UsageError(f"QuantDescriptor.axis must be None (per-tensor) or an int, got {self.axis!r}")
         if self.calib_method == "histogram":
-            raise ValueError("QuantDescriptor.calib_method='histogram' is now calibrator='histogram' (calib_method "
+            raise UsageError("QuantDescriptor.calib_method='histogram' is now calibrator='histogram' (calib_method "
                              f"names the amax method only: one of {AMAX_METHODS})")
         if self.calib_method is not None and self.calib_method not in AMAX_METHODS:
-            raise ValueError(f"QuantDescriptor.calib_method must be None or one of {AMAX_METHODS}, "
+            raise UsageError(f"QuantDescriptor.calib_method must be None or one of {AMAX_METHODS}, "
                              f"got {self.calib_method!r}")
         if self.calibrator is not None and self.calibrator not in CALIBRATORS:
-            raise ValueError(f"QuantDescriptor.calibrator must be None or one of {CALIBRATORS}, "
+            raise UsageError(f"QuantDescriptor.calibrator must be None or one of {CALIBRATORS}, "
                              f"got {self.calibrator!r}")
         needed = calibrator_for(self.calib_method)
         if self.calibrator == "max" and needed != "max":
-            raise ValueError(f"QuantDescriptor: calib_method={self.calib_method!r} needs calibrator='histogram', "
+            raise UsageError(f"QuantDescriptor: calib_method={self.calib_method!r} needs calibrator='histogram', "
                              "got calibrator='max'")
         if self.calibrator_kind == "histogram" and self.axis is not None:
-            raise ValueError(f"QuantDescriptor: a histogram calibrator (calib_method={self.calib_method!r}, "
+            raise UsageError(f"QuantDescriptor: a histogram calibrator (calib_method={self.calib_method!r}, "
                              f"calibrator={self.calibrator!r}) is per-tensor only; use axis=None, or a max "
                              "calibrator per channel")
         for name in ("unsigned", "narrow_range", "learn_amax", "fake_quant"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"QuantDescriptor.{name} must be a bool, got {getattr(self, name)!r}")
+                raise UsageError(f"QuantDescriptor.{name} must be a bool, got {getattr(self, name)!r}")
         if self.amax is not None:
             values = [self.amax] if isinstance(self.amax, (int, float)) else list(self.amax)
             if not values or any(not isinstance(v, (int, float)) or not v >= 0 for v in values):
-                raise ValueError("QuantDescriptor.amax must be a non-negative number or list of them, "
+                raise UsageError("QuantDescriptor.amax must be a non-negative number or list of them, "
                                  f"got {self.amax!r}")
             if not isinstance(self.amax, (int, float)):
                 object.__setattr__(self, "amax", tuple(float(v) for v in values))
@@ -105,11 +106,11 @@ class QuantDescriptor:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise ValueError(f"{where}: unknown descriptor field(s) {unknown}; valid fields are {sorted(valid)}")
+            raise UsageError(f"{where}: unknown descriptor field(s) {unknown}; valid fields are {sorted(valid)}")
         try:
             return cls(**dict(data))
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise UsageError(f"{where}: {exc}") from None
 
     def to_json(self) -> str:
         """JSON text of `to_dict()`."""

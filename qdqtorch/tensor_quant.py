@@ -10,6 +10,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .errors import UsageError
+
 AMAX_FLOOR = 1e-7
 """Smallest amax turned into a scale: dead channels (amax 0) get a tiny positive scale instead of 0, NaN or Inf."""
 
@@ -39,7 +41,7 @@ def normalize_axis(axis: Optional[int], ndim: int, size_of: Optional[torch.Size]
     if axis is None:
         return None
     if not -ndim <= axis < ndim:
-        raise ValueError(f"quantization axis {axis} is out of range for a {ndim}-D tensor"
+        raise UsageError(f"quantization axis {axis} is out of range for a {ndim}-D tensor"
                          + (f" of shape {tuple(size_of)}" if size_of is not None else ""))
     return axis % ndim
 

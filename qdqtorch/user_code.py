@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
+from .errors import UsageError
 
 
 def _load_file(path_text: str, spec: str, what: str) -> Any:
@@ -18,7 +19,7 @@ def _load_file(path_text: str, spec: str, what: str) -> Any:
         return sys.modules[name]
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
-        raise ValueError(f"{what} {spec!r}: {path} is not a Python file")
+        raise UsageError(f"{what} {spec!r}: {path} is not a Python file")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # lets the file use dataclasses/pickling of its own objects
     module_spec.loader.exec_module(module)
@@ -31,18 +32,18 @@ def import_object(spec: str, what: str, *, files: bool = False) -> Any:
     form = "'package.module:name'" + (" or 'path/to/file.py:name'" if files else "")
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise ValueError(f"{what} {spec!r}: expected {form}")
+        raise UsageError(f"{what} {spec!r}: expected {form}")
     if files and (target.endswith(".py") or "/" in target or "\\" in target):
         obj = _load_file(target, spec, what)
     else:
         try:
             obj = importlib.import_module(target)
         except ImportError as exc:
-            raise ValueError(f"{what} {spec!r}: cannot import module {target!r} ({exc}); is it on PYTHONPATH?") \
+            raise UsageError(f"{what} {spec!r}: cannot import module {target!r} ({exc}); is it on PYTHONPATH?") \
                 from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"{what} {spec!r}: {target} has no attribute {attr!r}")
+            raise UsageError(f"{what} {spec!r}: {target} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -51,7 +52,7 @@ def import_callable(spec: str, what: str) -> Callable:
     """'package.module:function' -> the function (a model factory, batch source or metric named on a command line)."""
     obj = import_object(spec, what)
     if not callable(obj):
-        raise ValueError(f"{what} {spec!r}: {spec.rpartition(':')[2]!r} is not callable")
+        raise UsageError(f"{what} {spec!r}: {spec.rpartition(':')[2]!r} is not callable")
     return obj
 
 

@@ -9,7 +9,7 @@ examples:
   python scripts/ptq.py --out runs/demo
       the embedded demo (no other flag): a small detector and 32 + 32 synthetic images shipped in assets/demo/
   python scripts/ptq.py --model ../shared/models/yolov5n.pt --repo tests/fixtures/yolov5_repo \\
-      --data ../shared/data/coco128/coco128.yaml --rules tensorrt --out runs/yolov5n --ort-eval
+      --data ../shared/data/coco128/coco128.yaml --out runs/yolov5n --ort-eval
       your checkpoint and dataset: --repo is the training repository a YOLOv5/YOLOv7 .pt was pickled from
 
 writes to --out: summary.json (every number and setting; its "fields" key explains the others), report.md (the same
@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from qdqtorch.calib import AMAX_METHODS, WEIGHT_METHODS  # noqa: E402
 from qdqtorch.pipeline import PTQSettings, run_ptq, table  # noqa: E402
-from qdqtorch.pipeline.cli import run_cli  # noqa: E402
+from qdqtorch.pipeline.cli import pop_debug, run_cli  # noqa: E402
+from qdqtorch.ptq.settings import ONNX_SHAPES, RECOVER_CHOICES  # noqa: E402
 from qdqtorch.rules import PLACEMENTS  # noqa: E402
-from qdqtorch.ptq import RECOVER_CHOICES  # noqa: E402
 
 S = argparse.SUPPRESS  # options left out keep the --config file's value (or the default)
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 DEMO = {"model": str(DEMO_DIR / "shapes_detector.safetensors"), "data": str(DEMO_DIR / "shapes.yaml"),
-        "imgsz": 256, "num_calib": 32, "rules": "tensorrt", "ort_eval": True,
+        "num_calib": 32, "ort_eval": True,
         "note": "embedded demo: synthetic shapes (3 classes; 32 calibration + 32 val images at 256 px, made by "
                 "assets/demo/build.py) and a small detector trained on them; its mAP is a smoke test of the "
                 "pipeline, not a COCO result. Pass --model and --data for your own."}
@@ -51,13 +51,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repo", default=S, help="training repository the pickle was saved from (put on the import path)")
     p.add_argument("--data", default=S, help="Ultralytics dataset yaml or image folder with YOLO labels "
                                             "(default, with no --model either: the embedded demo)")
-    p.add_argument("--out", default=S, help="output folder (default runs/ptq)")
+    p.add_argument("--out", default=S, help="output folder (default runs/ptq; with --no-export a model.qdq.onnx of "
+                                            "an earlier run there is removed)")
     p.add_argument("--calib-data", default=S, help="calibration images: folder, list file, dataset yaml (train "
                                                   "split), .npy/.raw files (default: --data's train split)")
     p.add_argument("--num-calib", type=int, default=S, help="calibration images (default 128)")
     p.add_argument("--num-eval", type=int, default=S, help="evaluation images (default all)")
     p.add_argument("--batch", type=int, default=S, help="batch size (default 16)")
-    p.add_argument("--imgsz", type=int, default=S, help="letterbox size (default 640)")
+    p.add_argument("--imgsz", type=int, default=S, help="letterbox size (default: the size the checkpoint records, "
+                                                        "else 640)")
     p.add_argument("--calib-method", choices=AMAX_METHODS, default=S,
                    help="activation amax method (default mse: the best measured, BENCHMARKS.md §2)")
     p.add_argument("--percentile", type=float, default=S, help="for --calib-method percentile (default 99.99)")
@@ -73,32 +75,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ignore", nargs="+", default=S, metavar="REGEX",
                    help="layers kept float (re.match on dotted module names)")
     p.add_argument("--rules", choices=PLACEMENTS, default=S,
-                     help="TensorRT Q/DQ placement rules: tensorrt (residual shortcuts float, the accurate default) or "
-                          "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; "
-                          "-0.010 mAP50-95 on YOLOv5n)")
+                   help="TensorRT Q/DQ placement rules: tensorrt (the default, what one ships: residual shortcuts "
+                        "float), tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; -0.010 mAP50-95 "
+                        "on YOLOv5n), or none (plain replacement)")
     p.add_argument("--fold-bn", action="store_true", default=S, help="fold BatchNorm into convs before quantizing")
+    p.add_argument("--no-fuse-reparam", dest="fuse_reparam", action="store_false", default=S,
+                   help="keep RepConv blocks in their training form (for QAT); default: fused into the one conv "
+                        "TensorRT deploys")
     p.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu)")
-    p.add_argument("--opset", type=int, default=S, help="ONNX opset (default 13)")
+    p.add_argument("--opset", type=int, default=S,
+                   help="ONNX opset (default: the lowest >= 13 with every operator the model uses)")
+    p.add_argument("--onnx-shape", choices=ONNX_SHAPES, default=S,
+                   help="static (default): batch 1 at imgsz, which Ultralytics' YOLO('model.qdq.onnx') predict/val "
+                        "and a static TensorRT engine run; dynamic-batch: symbolic batch (a TensorRT profile)")
     p.add_argument("--no-export", dest="export", action="store_false", default=S, help="skip the ONNX export")
     p.add_argument("--check", action="store_true", default=S,
                    help="exit non-zero when the Q/DQ checker finds errors in the export")
     p.add_argument("--ort-eval", action="store_true", default=S, help="also score the ONNX in ONNX Runtime")
     p.add_argument("--skip-float-eval", action="store_true", default=S, help="skip the float baseline")
-    p.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default pycocotools)")
+    p.add_argument("--scorer", choices=["pycocotools", "fast"], default=S,
+                   help="COCO scorer (default fast: the same numbers as pycocotools, faster)")
     p.add_argument("--workers", type=int, default=S, help="image loading workers (default 0)")
+    p.add_argument("--debug", action="store_true", default=S, help="print the full traceback of an error")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    argv, debug = pop_debug(argv)
     args = vars(parse_args(argv))
-    return run_cli(lambda: _run(args))
+    return run_cli(lambda: _run(args), debug=debug)
 
 
 def _run(args: dict) -> int:
     config = args.pop("config", None)
     if config is None and "model" not in args and "data" not in args:
         print(f"no --model/--data given: running the embedded demo ({DEMO_DIR})", file=sys.stderr)
-        args = {**DEMO, **args}
+        demo = {**DEMO, "ort_eval": args.get("export", True)}  # it scores its export in ONNX Runtime, if any
+        args = {**demo, **args}
     settings = PTQSettings.from_file(config, **args) if config else PTQSettings.from_dict(args)
     result = run_ptq(settings)
     print(table(result.summary))

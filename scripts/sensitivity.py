@@ -6,18 +6,19 @@ quantizers switched off (disable-one; --mode enable-one does the opposite), rank
 with --budget, picks the fewest layers to keep float so that INT8 stays within the budget of float. CPU is enough.
 
 examples:
-  python scripts/sensitivity.py --model assets/demo/shapes_detector.safetensors --data assets/demo/shapes.yaml \\
-      --imgsz 256 --out runs/sens_demo                    (the embedded demo: about 15 s on 2 CPU cores)
+  python scripts/sensitivity.py --out runs/sens_demo
+      the embedded demo (no --model/--data), as scripts/ptq.py: about 15 s on 2 CPU cores
   python scripts/sensitivity.py --model ../shared/models/yolov5n.pt --repo tests/fixtures/yolov5_repo \\
-      --data ../shared/data/coco128/coco128.yaml --imgsz 320 --num-images 64 --budget 0.003 --out runs/sens
+      --data ../shared/data/coco128/coco128.yaml --imgsz 320 --num-eval 64 --budget 0.003 --out runs/sens
   torchrun --nproc-per-node 4 scripts/sensitivity.py ...          (units split across ranks, rank 0 writes)
   python scripts/sensitivity.py ... --shard 0/8   then   python scripts/sensitivity.py merge DIR [DIR ...] --out DIR
 
 Writes sensitivity.json (schema: qdqtorch.sensitivity.schema), sensitivity.md (the ranking), sensitivity.png (the
 chart), sensitivity_proxy.md and sensitivity_config.yaml (the ignore-list, for `scripts/ptq.py --config`). Every
-evaluation is journaled: rerunning the same command resumes. Model/data/calibration options are those of
-scripts/ptq.py (and --config takes its settings files). Loading a .pt checkpoint unpickles it: only load files you
-trust.
+evaluation is journaled: rerunning the same command resumes (Ctrl-C is safe); a second sweep into the same --out
+is refused while the first runs. Model/data/calibration options and their defaults (placement rules tensorrt, scorer
+fast) are those of scripts/ptq.py (and --config takes its settings files). Loading a .pt checkpoint unpickles it:
+only load files you trust.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 S = argparse.SUPPRESS  # options left out keep the --config file's value (or the default)
+DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
+DEMO = {"model": str(DEMO_DIR / "shapes_detector.safetensors"), "data": str(DEMO_DIR / "shapes.yaml"),
+        "num_calib": 32}
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -43,20 +47,25 @@ def run_parser() -> argparse.ArgumentParser:
     g.add_argument("--calib-data", default=S, help="calibration source (default: --data's train split) or "
                                                   "'module:function' yielding input batches")
     g.add_argument("--num-calib", type=int, default=S, help="calibration images (default 128)")
-    g.add_argument("--num-images", dest="num_eval", type=int, default=S, help="evaluation images (default all)")
-    g.add_argument("--imgsz", type=int, default=S, help="letterbox size (default 640)")
+    g.add_argument("--num-eval", "--num-images", dest="num_eval", type=int, default=S,
+                   help="evaluation images (default all; --num-images is the old name)")
+    g.add_argument("--imgsz", type=int, default=S, help="letterbox size (default: the size the checkpoint records, "
+                                                        "else 640)")
     g.add_argument("--batch", type=int, default=S, help="batch size (default 16)")
     g.add_argument("--calib-method", choices=AMAX_METHODS, default=S)
     g.add_argument("--percentile", type=float, default=S)
     g.add_argument("--weight-method", choices=WEIGHT_METHODS, default=S)
     g.add_argument("--ignore", nargs="+", default=S, metavar="REGEX", help="layers kept float throughout")
     g.add_argument("--rules", choices=PLACEMENTS, default=S,
-                     help="TensorRT Q/DQ placement rules: tensorrt (residual shortcuts float, the accurate default) or "
-                          "tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; "
-                          "-0.010 mAP50-95 on YOLOv5n)")
+                   help="TensorRT Q/DQ placement rules: tensorrt (the default, what one ships: residual shortcuts "
+                        "float), tensorrt-int8-residual (shortcuts int8 so TensorRT fuses Conv+Add; -0.010 mAP50-95 "
+                        "on YOLOv5n), or none (plain replacement)")
     g.add_argument("--fold-bn", action="store_true", default=S)
+    g.add_argument("--no-fuse-reparam", dest="fuse_reparam", action="store_false", default=S,
+                   help="keep RepConv blocks in their training form (default: fused, as deployed)")
     g.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default cpu; cuda:LOCAL_RANK under torchrun)")
-    g.add_argument("--scorer", choices=["pycocotools", "fast"], default=S, help="COCO scorer (default fast)")
+    g.add_argument("--scorer", choices=["pycocotools", "fast"], default=S,
+                   help="COCO scorer (default fast: the same numbers as pycocotools, faster)")
     g.add_argument("--workers", type=int, default=S)
     g.add_argument("--calibration", help="load this calibration file (from save_calibration) instead of calibrating")
     g.add_argument("--calib-distributed", action="store_true",
@@ -89,6 +98,7 @@ def run_parser() -> argparse.ArgumentParser:
                    "RAM, half the free GPU memory)")
     s.add_argument("--no-chart", action="store_true", help="skip sensitivity.png")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--debug", action="store_true", default=S, help="print the full traceback of an error")
     return p
 
 
@@ -136,8 +146,8 @@ def settings_from_args(args: dict):
     import os
 
     import torch
+    from qdqtorch.errors import UsageError
     from qdqtorch.ptq import PTQSettings
-    from qdqtorch.quantize import load_config_file
     from qdqtorch.sensitivity import SweepSettings, parse_shard
     from qdqtorch.sensitivity import distributed as D
     from qdqtorch.sensitivity.session import SensitivitySettings
@@ -148,11 +158,13 @@ def settings_from_args(args: dict):
     ptq_args = {k: args.pop(k) for k in list(args) if k in ptq_fields}
     if D.rank_and_world()[1] > 1 and "device" not in ptq_args and torch.cuda.is_available():
         ptq_args["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    if config is None and "model" not in ptq_args and "data" not in ptq_args:
+        print(f"no --model/--data given: sweeping the embedded demo ({DEMO_DIR})", file=sys.stderr)
+        ptq_args = {**DEMO, **ptq_args}
     ptq = PTQSettings.from_file(config, **ptq_args) if config else PTQSettings.from_dict(ptq_args)
-    if "scorer" not in ptq_args and (not config or "scorer" not in load_config_file(config)):
-        ptq.scorer = "fast"  # same numbers as pycocotools, much faster for hundreds of evaluations
-    if "model" not in ptq_args and not config:
-        raise ValueError("--model is required (or a --config file naming it)")
+    if not ptq.model:
+        raise UsageError("--model is required (or a --config file naming it); with neither --model nor --data "
+                         "the embedded demo runs")
     sweep = SweepSettings(
         mode=args["mode"], unit=args["unit"], block_depth=args["block_depth"], reference=args["reference"],
         topk=args["topk"], prefilter=args["prefilter"], budget=args["budget"],
@@ -189,11 +201,12 @@ def run_main(argv) -> int:
 
 
 def main(argv=None) -> int:
-    from qdqtorch.pipeline.cli import run_cli
-    argv = sys.argv[1:] if argv is None else list(argv)
+    from qdqtorch.pipeline.cli import pop_debug, run_cli
+    argv, debug = pop_debug(argv)
     if argv and argv[0] == "merge":
-        return run_cli(lambda: merge_main(argv[1:]))
-    return run_cli(lambda: run_main(argv[1:] if argv and argv[0] == "run" else argv))
+        return run_cli(lambda: merge_main(argv[1:]), debug=debug)
+    return run_cli(lambda: run_main(argv[1:] if argv and argv[0] == "run" else argv), debug=debug,
+                   interrupted="every finished evaluation is saved in the journal; rerun the same command to resume")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import REPO_ROOT
 from qdqtorch.data import (BadImageError, CalibrationDataset, EmptySourceError, Preprocess, PreprocessError,
                            TensorFileError, calibration_loader, dataset_split, letterbox, load_preprocess,
                            plain_resize, read_image, read_list_file, resolve_source, save_preprocess)
@@ -254,3 +255,42 @@ def test_real_calibration_images(coco128_dir):
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and x.std() > 0.1
     # letterbox padding of the first (landscape) image is gray 114
     assert x[0, :, 0, :].unique().tolist() == pytest.approx([114 / 255])
+
+
+def test_truncated_jpeg_is_skipped_with_its_name_and_not_counted(tmp_path, capfd):
+    """A JPEG cut in half decodes (libjpeg) to a half-grey image: it must be skipped by name, not used."""
+    demo = sorted((REPO_ROOT / "assets" / "demo").rglob("*.jpg"))[:3]
+    for src in demo:
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    whole = (tmp_path / demo[0].name).read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "trailing.jpg").write_bytes(whole + b"appended after EOI")   # legal: decodes fully, is used
+    with pytest.raises(BadImageError, match="truncated.jpg"):
+        read_image(tmp_path / "truncated.jpg")
+    assert read_image(tmp_path / "trailing.jpg").shape == read_image(tmp_path / demo[0].name).shape
+    loader = calibration_loader(tmp_path, Preprocess(imgsz=64), batch_size=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = torch.cat(list(loader))
+    msgs = [str(w.message) for w in caught if "could not be read" in str(w.message)]
+    assert len(msgs) == 1 and "skipped 1 of 5" in msgs[0] and "truncated.jpg" in msgs[0]
+    assert x.shape[0] == 4 and loader.images_used == 4
+
+
+def test_truncated_jpeg_is_not_evaluated(tmp_path):
+    """EvalSet skips a truncated image by name; its count is the images actually evaluated."""
+    from qdqtorch.eval import EvalSet
+    demo = REPO_ROOT / "assets" / "demo"
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for src in sorted((demo / "images" / "val").glob("*.jpg"))[:3]:
+        (tmp_path / "images" / src.name).write_bytes(src.read_bytes())
+        label = demo / "labels" / "val" / f"{src.stem}.txt"
+        (tmp_path / "labels" / label.name).write_bytes(label.read_bytes())
+    victim = sorted((tmp_path / "images").glob("*.jpg"))[1]
+    victim.write_bytes(victim.read_bytes()[:-2000])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        eval_set = EvalSet.from_yolo(tmp_path / "images", Preprocess(imgsz=64), names=["a", "b", "c"], progress=False)
+    assert len(eval_set) == 2 and victim not in eval_set.paths
+    assert any(victim.name in str(w.message) for w in caught)

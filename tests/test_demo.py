@@ -52,6 +52,9 @@ def test_demo_runs_the_whole_main_job(demo_run):
     assert summary["settings"]["rules"] == "tensorrt" and summary["quantization"]["replaced"]
     rules = summary["quantization"]["rules"]  # the placement step's report sits beside the quantize_model report
     assert set(rules) == {"groups", "residual_adds", "disabled", "skipped", "stats"} and rules["groups"]
+    # the demo sets no imgsz: the detector records the 256 px it was trained at (640 would score far lower)
+    assert summary["settings"]["imgsz"] == 256 and summary["defaults"]["imgsz"] == "recorded in the checkpoint"
+    assert "imgsz 256 (recorded in the checkpoint)" in proc.stdout
     # a detector that detects: well above chance on its own val images, and INT8 close to it
     assert summary["float"]["map50_95"] > 0.5
     assert summary["int8"]["map50_95"] > summary["float"]["map50_95"] - 0.03
@@ -123,3 +126,64 @@ def test_safetensors_detector_round_trips_and_bad_files_say_why(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ModelLoadError, match="junk.safetensors: not a readable safetensors file"):
         load_model(tmp_path / "junk.safetensors")
+
+
+def _demo_copy(tmp_path):
+    """The demo dataset in a temporary folder: Ultralytics writes a labels cache beside the labels."""
+    data = tmp_path / "demo"
+    shutil.copytree(DEMO, data, ignore=shutil.ignore_patterns("*.safetensors", "build.py", "train"))
+    return data
+
+
+def _iou(a, b):
+    """IoU of two xyxy boxes (plain arithmetic, the reference for the matching below)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_ultralytics_predicts_with_the_export_on_a_non_square_image(demo_run):
+    """YOLO("model.qdq.onnx").predict on one 256x160 image: Ultralytics letterboxes it (padding only, no scaling) to
+    the graph's fixed 256x256 from the export's metadata, and the boxes land on the ground truth in the image's own
+    pixels (every labelled shape lies inside the crop)."""
+    import numpy as np
+    from PIL import Image
+    from ultralytics import YOLO
+    out, summary, _ = demo_run
+    assert summary["onnx_graph"]["shape"] == "static"
+    narrow = np.asarray(Image.open(DEMO / "images" / "val" / "0001.jpg").convert("RGB"))[:, :160]
+    result = YOLO(str(out / "model.qdq.onnx"), task="detect").predict(narrow[..., ::-1].copy(), verbose=False)[0]
+    assert result.orig_shape == (256, 160) and result.names == {0: "circle", 1: "square", 2: "triangle"}
+    truth = []
+    for line in (DEMO / "labels" / "val" / "0001.txt").read_text().split("\n"):
+        if line.strip():
+            c, x, y, w, h = map(float, line.split())
+            box = [(x - w / 2) * 256, (y - h / 2) * 256, (x + w / 2) * 256, (y + h / 2) * 256]
+            if box[2] <= 160:
+                truth.append((int(c), box))
+            else:
+                assert box[0] >= 160, "the crop cuts no shape"
+    kept = result.boxes.conf > 0.25
+    boxes, classes = result.boxes.xyxy[kept].tolist(), result.boxes.cls[kept].int().tolist()
+    found = [any(k == c and _iou(b, t) > 0.7 for b, k in zip(boxes, classes)) for c, t in truth]
+    assert len(truth) == 4 and all(found), (truth, boxes, classes)
+
+
+def test_ultralytics_val_of_the_export_matches_our_onnxruntime_score(demo_run, tmp_path):
+    """YOLO("model.qdq.onnx").val(data=...) with default arguments scores what our ONNX Runtime evaluation does.
+
+    Both run the same graph on the same 32 images at the same 256x256 letterbox (the images are 256 px, so no
+    resize); they differ in NMS IoU (0.7 vs our 0.65), JPEG decoder (OpenCV vs PIL) and AP code (Ultralytics' vs
+    pycocotools). Measured on this demo (2-core CPU): float ONNX 0.9157 vs 0.9151 mAP50-95, INT8 0.9051 vs 0.9046;
+    mAP50 0.992 vs 0.997. The tolerances are ~5x the mAP50-95 difference and ~2x the mAP50 one; a graph run at the
+    wrong size or in the wrong colour order falls far outside them.
+    """
+    from ultralytics import YOLO
+    out, summary, _ = demo_run
+    data = _demo_copy(tmp_path)
+    metrics = YOLO(str(out / "model.qdq.onnx"), task="detect").val(data=str(data / "shapes.yaml"), plots=False,
+                                                                   verbose=False, project=str(tmp_path / "runs"))
+    ours = summary["int8_onnxruntime"]
+    assert abs(metrics.box.map - ours["map50_95"]) < 0.005, (metrics.box.map, ours["map50_95"])
+    assert abs(metrics.box.map50 - ours["map50"]) < 0.01, (metrics.box.map50, ours["map50"])

@@ -11,7 +11,8 @@ from torch import nn
 
 from conftest import REPO_ROOT, YOLOV5_REPO_FIXTURE
 from qdqtorch.data import Preprocess
-from qdqtorch.eval import EvalSet, class_mismatch, fidelity, float_reference, output_errors
+from qdqtorch.eval import EvalSet, class_mismatch, evaluate, fidelity, float_reference, output_errors
+from qdqtorch.eval.fidelity import candidate_tap, reference_from, reference_tap, score_tap
 
 DEMO = REPO_ROOT / "assets" / "demo"
 
@@ -102,6 +103,26 @@ class _ScaledBoxes(nn.Module):
         pred = pred.clone()
         pred[:, 2:4] *= self.factor
         return pred
+
+
+def test_one_pass_gives_coco_map_and_fidelity(demo):
+    """The taps passed to `evaluate` give the same reference and fidelity as separate passes, and the same mAP."""
+    loaded, es = demo
+    candidate = _ScaledBoxes(loaded.model, 1.03).eval()
+    tap = reference_tap(loaded.layout)
+    float_map = evaluate(loaded.model, es, layout=loaded.layout, scorer="fast", select=tap, progress=False)
+    ref = reference_from(tap, es)
+    alone = float_reference(loaded.model, es, layout=loaded.layout)
+    assert ref.eval_set.gt == alone.eval_set.gt and ref.num_boxes > 0
+    assert float_map.map50_95 == evaluate(loaded.model, es, layout=loaded.layout, scorer="fast",
+                                          progress=False).map50_95
+    tap = candidate_tap(ref)
+    cand_map = evaluate(candidate, es, layout=loaded.layout, scorer="fast", select=tap, progress=False)
+    both = score_tap(tap, ref)
+    separate = fidelity(candidate, alone)
+    assert (both.map50_95, both.map50) == (separate.map50_95, separate.map50) and both.map50_95 < 0.95
+    assert cand_map.map50_95 < float_map.map50_95
+    assert both.outputs[0].snr_db == pytest.approx(separate.outputs[0].snr_db)
 
 
 def test_output_snr_and_cosine_match_the_float64_formula(demo):

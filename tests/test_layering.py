@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "qdqtorch"
 # README's diagram, bottom up; a module may import its own rank and below (siblings share a rank)
 RANKS = {
     "tensor_quant": 0, "calib": 0, "descriptor": 0, "host_memory": 0, "user_code": 0, "optional": 0,
+    "errors": 0, "atomic": 0, "fieldtypes": 0,
     "nn": 1,
     "quantize": 2, "quant_modules": 2, "": 2,  # "" is qdqtorch/__init__.py, which re-exports the core
     "models": 3, "data": 3, "eval": 3, "export": 3, "rules": 3, "recovery": 3,
@@ -21,7 +22,7 @@ RANKS = {
 # known upward imports, each to be removed by the work named beside it (then delete the entry)
 ALLOWED_UPWARD: Dict[Tuple[str, str], str] = {}
 CORE = {"tensor_quant", "calib", "descriptor", "nn", "quantize", "host_memory", "quant_modules", "user_code",
-        "optional", ""}
+        "optional", "errors", "atomic", "fieldtypes", ""}
 
 
 def _modules() -> Dict[str, Tuple[Path, bool]]:

@@ -29,10 +29,10 @@ TINY_CFG = {  # a 2-level YOLOv5-style model, small enough to build and save in 
 }
 
 
-def _forget_repo_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+def _forget_repo_modules(monkeypatch: pytest.MonkeyPatch, also: tuple[str, ...] = ()) -> None:
     """Make `models`/`utils` unimportable for one test, as in a fresh process outside any training repository."""
     for key in list(sys.modules):
-        if key.split(".")[0] in ("models", "utils"):
+        if key.split(".")[0] in ("models", "utils", *also):
             monkeypatch.delitem(sys.modules, key)
 
 
@@ -327,3 +327,57 @@ def test_select_predictions_unwraps_nested_outputs():
         select_predictions(torch.zeros(1, 10, 4), "yolov5")
     with pytest.raises(ValueError, match="unknown prediction layout"):
         select_predictions(pred, "yolox")
+
+
+# --- YOLOv5 checkpoints through the pip `yolov5` package (no --repo) ----------------------------------------------
+
+def _fake_yolov5_package(root: Path) -> Path:
+    """A `yolov5` package laid out like the pip one (`yolov5.models.*`), made from the fixture repository."""
+    package = root / "yolov5"
+    shutil.copytree(YOLOV5_REPO_FIXTURE / "models", package / "models",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "__init__.py").write_text("")
+    yolo = package / "models" / "yolo.py"
+    yolo.write_text(yolo.read_text().replace("from models.common", "from yolov5.models.common"))
+    return root
+
+
+@pytest.mark.parametrize("v7", [False, True], ids=["v6-Model", "v7-DetectionModel"])
+def test_yolov5_pickles_load_through_the_pip_package_without_repo(yolov5n, yolov5n_path, tmp_path, monkeypatch, v7):
+    """Without --repo, `models.yolo.Model` (v6) and `models.yolo.DetectionModel` (v7) come from `yolov5.models.*`:
+    the same outputs as through the repository."""
+    path = yolov5n_path
+    if v7:  # re-save the real checkpoint under v7's class name
+        model = load_model(yolov5n_path, repo=YOLOV5_REPO_FIXTURE).model  # classes = the modules cached now
+        model.__class__ = sys.modules["models.yolo"].DetectionModel
+        path = tmp_path / "yolov5n_v7.pt"
+        torch.save({"model": model}, path)
+    _forget_repo_modules(monkeypatch, also=("yolov5",))
+    monkeypatch.syspath_prepend(str(_fake_yolov5_package(tmp_path / "site")))
+    loaded = load_model(path)
+    assert "pip package yolov5" in loaded.source
+    assert type(loaded.model).__module__ == "yolov5.models.yolo"
+    assert type(loaded.model).__name__ == ("DetectionModel" if v7 else "Model")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x)[0], yolov5n.model(x)[0])
+
+
+def test_broken_yolov5_package_is_one_clear_error(yolov5n_path, tmp_path, monkeypatch):
+    """An installed `yolov5` whose own imports fail (a missing requirement) is named, with both ways out."""
+    _forget_repo_modules(monkeypatch, also=("yolov5",))
+    site = _fake_yolov5_package(tmp_path / "site")
+    common = site / "yolov5" / "models" / "common.py"
+    common.write_text(common.read_text() + "\nimport qdqtorch_missing_requirement  # noqa: E402\n")
+    monkeypatch.syspath_prepend(str(site))
+    with pytest.raises(ModelLoadError, match=r"installed `yolov5` package failed.*qdqtorch_missing_requirement.*"
+                                             r"pass --repo PATH"):
+        load_model(yolov5n_path)
+
+
+def test_demo_detector_records_its_training_image_size():
+    """The demo detector was trained at 256 px: load_model reports it so evaluations default to it, not 640."""
+    from conftest import REPO_ROOT
+    from qdqtorch.models import load_model
+    loaded = load_model(REPO_ROOT / "assets" / "demo" / "shapes_detector.safetensors")
+    assert loaded.imgsz == 256 and loaded.names == ["circle", "square", "triangle"]

@@ -571,3 +571,38 @@ def test_apply_placement_is_apply_tensorrt_rules_with_the_named_residual_mode(na
     assert report.to_dict() == expected.to_dict() and report.tied_groups
     quantized_shortcut = [r["quantized"] for r in report.residual_adds]
     assert all(("none" in q) == (residual == "float") for q in quantized_shortcut) and quantized_shortcut
+
+
+def test_checker_sees_c2f_shortcuts_through_split_as_quantized(tmp_path) -> None:
+    """rules 'tensorrt' on YOLOv8n: each C2f shortcut is a tensor already quantized for another consumer (a Split
+    chunk of cv1's output, quantized for the Concat; or the previous bottleneck's output, quantized for the next
+    cv1), so the graph has all six shortcuts INT8 and the checker, looking through Split/Slice, warns on none."""
+    import onnx
+
+    from qdqtorch.export import check_qdq, export_onnx
+    from qdqtorch.export.checks.graph import GraphIndex
+    from qdqtorch.models import load_model
+    loaded = load_model("yolov8n.yaml")
+    model = loaded.model
+    quantize_model(model, {"ignore": loaded.default_ignore})
+    x = torch.rand(1, 3, 64, 64)
+    apply_placement(model, TensorRTPlacement(), x)
+    calibrate(model, [torch.rand(1, 3, 64, 64) for _ in range(2)], progress=False)
+    path = export_onnx(model, x, tmp_path / "v8.onnx")
+    g = GraphIndex(onnx.load(str(path)))
+    adds = [n for n in g.nodes if n.op_type == "Add" and "/m." in g.name(n)]
+    # the reference: walk up by hand from each Add input, through Slice only, to a DequantizeLinear
+    via_slice = 0
+    for add in adds:
+        for tensor in add.input:
+            node, hops = g.producer.get(tensor), 0
+            while node is not None and node.op_type == "Slice":
+                node, hops = g.producer.get(node.input[0]), hops + 1
+            if node is not None and node.op_type == "DequantizeLinear":
+                via_slice += hops > 0
+                break
+        else:
+            raise AssertionError(f"{g.name(add)} has no quantized input")
+    assert len(adds) == 6 and via_slice == 4
+    check = check_qdq(path, allow_float=["/model.22/dfl/*"])
+    assert not [f for f in check.findings if f.rule == "residual-add-unquantized"], str(check)

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "sensitivity.py"
 TOY = ["--model", "test_sensitivity_toy:build_model", "--calib-data", "test_sensitivity_toy:calib_batches",
        "--metric", "test_sensitivity_toy:metric", "--num-calib", "16", "--quiet", "--no-chart",
-       "--calib-method", "max"]  # max: distributed calibration then equals one process's exactly (histograms rebin)
+       "--calib-method", "max", "--rules", "none"]
+# max: distributed calibration then equals one process's exactly (histograms rebin); a toy, not a detector: no rules
 
 
 def _env(**extra):
@@ -67,7 +68,9 @@ def test_script_outputs_and_shard_merge(reference, tmp_path, capsys):
     assert "0 <= K < N" in capsys.readouterr().err
 
 
-def test_kill_9_mid_sweep_then_resume(reference, tmp_path):
+def test_kill_9_mid_sweep_then_resume(reference, tmp_path, capsys):
+    """A second sweep on the same --out while the first runs is refused (not run twice); after kill -9 the lock
+    is gone with the process and the same command resumes, saying how much was already done."""
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *TOY, "--out", str(out)], env=_env(TOY_SLEEP="0.4"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,6 +85,9 @@ def test_kill_9_mid_sweep_then_resume(reference, tmp_path):
             time.sleep(0.05)
         else:
             pytest.fail("no journal entries appeared")
+        assert _script().main(TOY + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "in use by another sweep" in err and f"process {proc.pid}" in err
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
@@ -89,6 +95,7 @@ def test_kill_9_mid_sweep_then_resume(reference, tmp_path):
     done = journal.read_text().count('"type": "result"')
     assert 3 <= done < 8
     assert _script().main(TOY + ["--out", str(out)]) == 0  # the same command again resumes
+    assert f"resuming: {done} of 8 evaluations already done" in capsys.readouterr().err
     result = json.loads((out / "sensitivity.json").read_text())
     assert result["timing"]["resumed_from_journal"] == done
     assert comparable(result) == reference

@@ -16,7 +16,7 @@ def settings(tmp_path_factory, coco128_dir, yolov5n_path):
     from qdqtorch.pipeline import PTQSettings
     return PTQSettings(model=str(yolov5n_path), repo=str(YOLOV5_REPO_FIXTURE),
                        data=str(coco128_dir / "coco128.yaml"), num_calib=8, num_eval=8, batch=8, imgsz=224,
-                       scorer="fast", export=False, skip_float_eval=True)
+                       scorer="fast", export=False, skip_float_eval=True, rules=None)  # per-layer units
 
 
 def test_yolov5n_broken_layer_ranks_first(settings, tmp_path):

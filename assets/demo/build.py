@@ -158,7 +158,7 @@ def train(steps: int, batch: int, lr: float, seed: int) -> None:
         sched.step()
         bar.set_postfix(loss=f"{float(loss.sum()) / batch:.3f}")
     model.eval()
-    path = save_detector(model, HERE / "shapes_detector.safetensors", ARCHITECTURE, NAMES)
+    path = save_detector(model, HERE / "shapes_detector.safetensors", ARCHITECTURE, NAMES, imgsz=IMGSZ)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
+from ..errors import UsageError
 from ..tensor_quant import quant_bounds
 from .max import NonFiniteError
 from .methods import AMAX_METHODS
@@ -23,9 +24,9 @@ class HistogramCalibrator:
     def __init__(self, num_bits: int = 8, axis: Optional[int] = None, unsigned: bool = False,
                  num_bins: int = 2048, max_bins: Optional[int] = None) -> None:
         if axis is not None:
-            raise ValueError("HistogramCalibrator is per-tensor only (axis=None); use MaxCalibrator per channel")
+            raise UsageError("HistogramCalibrator is per-tensor only (axis=None); use MaxCalibrator per channel")
         if num_bins < 2:
-            raise ValueError(f"HistogramCalibrator: num_bins must be >= 2, got {num_bins}")
+            raise UsageError(f"HistogramCalibrator: num_bins must be >= 2, got {num_bins}")
         self.num_bits = num_bits
         self.axis = None
         self.unsigned = unsigned
@@ -121,7 +122,7 @@ class HistogramCalibrator:
                      stride: int = 1) -> Optional[torch.Tensor]:
         """amax from the histogram by `method` in {max, entropy, mse, percentile}; None if nothing was collected."""
         if method not in AMAX_METHODS:
-            raise ValueError(f"HistogramCalibrator: unknown method {method!r}; choose one of {AMAX_METHODS}")
+            raise UsageError(f"HistogramCalibrator: unknown method {method!r}; choose one of {AMAX_METHODS}")
         if self.num_collected == 0:
             return None
         if self.counts is None:  # only zeros seen
@@ -144,7 +145,7 @@ class HistogramCalibrator:
 def _candidates(num_bins: int, start_bin: int, stride: int, device: torch.device) -> torch.Tensor:
     """Candidate bin counts i (threshold = right edge of bin i-1): start_bin..num_bins by stride."""
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+        raise UsageError(f"stride must be >= 1, got {stride}")
     start = max(1, min(start_bin, num_bins))
     return torch.arange(start, num_bins + 1, stride, device=device)
 
@@ -152,7 +153,7 @@ def _candidates(num_bins: int, start_bin: int, stride: int, device: torch.device
 def histogram_percentile(counts: torch.Tensor, bin_width: float, percentile: float) -> float:
     """Right edge of the first bin at which the cumulative share of |x| reaches `percentile` percent."""
     if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        raise UsageError(f"percentile must be in (0, 100], got {percentile}")
     cdf = torch.cumsum(counts, 0)
     rank = max(1, math.ceil(int(cdf[-1]) * percentile / 100.0 - 1e-9))  # the rank-th smallest |x|
     idx = int(torch.searchsorted(cdf, torch.tensor([rank], device=cdf.device)).clamp(max=counts.numel() - 1))

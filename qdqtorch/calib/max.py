@@ -6,9 +6,10 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from ..tensor_quant import normalize_axis
+from ..errors import UsageError
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(UsageError):
     """A calibrator was fed NaN or Inf."""
 
 
@@ -36,7 +37,7 @@ class MaxCalibrator:
         if self._max is None:
             self._max = amax
         elif self._max.shape != amax.shape:
-            raise ValueError(f"MaxCalibrator: per-channel size changed from {tuple(self._max.shape)} to "
+            raise UsageError(f"MaxCalibrator: per-channel size changed from {tuple(self._max.shape)} to "
                              f"{tuple(amax.shape)} between batches (axis={self.axis})")
         else:
             self._max = torch.maximum(self._max, amax.to(self._max.device))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from typing import Optional
+from ..errors import UsageError
 
 AMAX_METHODS = ("max", "entropy", "mse", "percentile")
 """Activation amax methods (`calibrate(method=...)`, `QuantDescriptor.calib_method`, the scripts' --calib-method)."""
@@ -27,7 +28,7 @@ DEFAULT_HISTOGRAM_METHOD = "percentile"
 def check_amax_method(method: str, where: str) -> str:
     """`method` if it is an amax method, else a ValueError naming `where` and the valid names."""
     if method not in AMAX_METHODS:
-        raise ValueError(f"{where}: unknown amax method {method!r}; choose one of {AMAX_METHODS}")
+        raise UsageError(f"{where}: unknown amax method {method!r}; choose one of {AMAX_METHODS}")
     return method
 
 

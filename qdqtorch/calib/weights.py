@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import UsageError
 from ..tensor_quant import normalize_axis, quant_bounds
 from .methods import WEIGHT_METHODS
 
@@ -32,7 +33,7 @@ def weight_amax(weight: torch.Tensor, axis: Optional[int] = None, num_bits: int 
     least-squares scale for those codes (the TNN tool's refinement), starting from max.
     """
     if method not in WEIGHT_METHODS:
-        raise ValueError(f"unknown weight calibration method {method!r}; choose one of {WEIGHT_METHODS}")
+        raise UsageError(f"unknown weight calibration method {method!r}; choose one of {WEIGHT_METHODS}")
     rows = _rows(weight, axis)
     amax = rows.amax(dim=1)
     if method == "max":

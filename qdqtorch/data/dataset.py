@@ -13,6 +13,11 @@ from .preprocess import Preprocess
 from .sources import TENSOR_EXTENSIONS, Source, resolve_source
 from .tensor_io import load_tensor_sample, tensor_file_array
 from .transforms import preprocess_image
+from ..errors import UsageError
+
+class HookError(UsageError, RuntimeError):
+    """The user's preprocess hook raised; the message names the hook and the files (the cause is chained)."""
+
 
 # One failed sample: (dataset index, file path, reason).
 Failure = Tuple[int, str, str]
@@ -73,7 +78,7 @@ class CalibrationDataset(Dataset):
         try:
             batch = load_hook(self.preprocess.hook)(paths, self.preprocess)
         except Exception as err:  # the user's code: report which hook and which files
-            raise RuntimeError(f"preprocess hook {self.preprocess.hook!r} failed on {paths[:3]}"
+            raise HookError(f"preprocess hook {self.preprocess.hook!r} failed on {paths[:3]}"
                                f"{' ...' if len(paths) > 3 else ''}: {type(err).__name__}: {err}") from err
         if not isinstance(batch, torch.Tensor) or batch.ndim < 1 or batch.shape[0] != len(paths):
             shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
@@ -88,12 +93,12 @@ class MultiInputDataset(Dataset):
     def __init__(self, datasets: Sequence[CalibrationDataset]):
         self.datasets = list(datasets)
         if not self.datasets:
-            raise ValueError("a multi-input dataset needs at least one input")
+            raise UsageError("a multi-input dataset needs at least one input")
         counts = [len(d) for d in self.datasets]
         if len(set(counts)) != 1:
             detail = ", ".join(f"input {i} ({d.files[0].parent if d.files else '?'}): {n}"
                                for i, (d, n) in enumerate(zip(self.datasets, counts)))
-            raise ValueError(f"multi-input sources must hold the same number of samples, got {detail}")
+            raise UsageError(f"multi-input sources must hold the same number of samples, got {detail}")
 
     def __len__(self) -> int:
         return len(self.datasets[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Callable
 
+from ..errors import UsageError
 from ..user_code import import_object
 
 
@@ -15,5 +16,5 @@ def load_hook(spec: str) -> Callable:
     """
     fn = import_object(spec, "preprocess hook", files=True)
     if not callable(fn):
-        raise ValueError(f"preprocess hook {spec!r}: {fn!r} is not a function")
+        raise UsageError(f"preprocess hook {spec!r}: {fn!r} is not a function")
     return fn

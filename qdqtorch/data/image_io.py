@@ -1,19 +1,50 @@
 """Reading images with OpenCV into 8-bit 3-channel BGR arrays, whatever their depth or channel count."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import UsageError
 from ..optional import require
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm", ".jp2")
 
 
-class BadImageError(ValueError):
+class BadImageError(UsageError):
     """An image file could not be decoded (missing, corrupt or an unsupported format)."""
+
+
+def _jpeg_truncation(path: str) -> Optional[str]:
+    """Why a JPEG file is truncated, or None: libjpeg decodes a cut-off file to a half-grey image with only a
+    "Premature end of JPEG file" on stderr, so it is checked here.
+
+    Cheap first: a complete JPEG ends with the EOI marker FF D9 (a 2-byte read). Only files that do not (truncated,
+    or with data appended after EOI, which is legal) are decoded by Pillow with truncated images refused.
+    """
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(3) != b"\xff\xd8\xff":
+                return None                      # not a JPEG
+            fh.seek(-2, os.SEEK_END)
+            if fh.read(2) == b"\xff\xd9":
+                return None
+    except OSError:
+        return None                              # unreadable: the decoder below reports it
+    from PIL import Image, ImageFile
+    allow = ImageFile.LOAD_TRUNCATED_IMAGES      # Ultralytics/YOLOv5 set it to True globally
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError) as err:
+        return f"{path}: truncated or corrupt JPEG ({err})"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allow
+    return None
 
 
 def read_image(path: Union[str, Path]) -> np.ndarray:
@@ -21,9 +52,13 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
 
     Uses cv2.IMREAD_COLOR (as YOLO's own loaders do), which also applies the EXIF orientation and performs the
     depth/channel conversions; the bytes fallback handles paths cv2.imread cannot open (non-ASCII on Windows).
+    A truncated JPEG is an error (BadImageError), not a half-grey image.
     """
     cv2 = require("cv2", "opencv-python", "images", "reading images (qdqtorch.data)")
     path = str(path)
+    truncated = _jpeg_truncation(path)
+    if truncated:
+        raise BadImageError(truncated)
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
         try:

@@ -11,6 +11,7 @@ from .dataset import CalibrationDataset, Failure, MultiInputDataset
 from .image_io import BadImageError, report_bad_images
 from .preprocess import Preprocess
 from .sources import Source
+from ..errors import UsageError
 
 Batch = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
@@ -42,15 +43,16 @@ class CalibrationLoader:
     """Iterable of batches: (B, C, H, W) tensors, or a tuple of them for multi-input models.
 
     Unreadable images are skipped (the batch gets smaller) and reported in one warning when the pass ends;
-    if none can be read it is an error. `num_images` caps the number of samples actually yielded.
+    if none can be read it is an error. `num_images` caps the number of samples actually yielded; `images_used`
+    is how many the last pass yielded.
     """
 
     def __init__(self, dataset: Union[CalibrationDataset, MultiInputDataset], batch_size: int = 8,
                  num_images: Optional[int] = None, workers: int = 0, shuffle: bool = False, seed: int = 0):
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise UsageError(f"batch_size must be positive, got {batch_size}")
         if num_images is not None and num_images <= 0:
-            raise ValueError(f"num_images must be positive, got {num_images}")
+            raise UsageError(f"num_images must be positive, got {num_images}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_images = min(num_images, len(dataset)) if num_images else len(dataset)
@@ -58,6 +60,7 @@ class CalibrationLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.failures: List[Failure] = []
+        self.images_used = 0                    # samples actually yielded by the last pass (unreadable ones skipped)
 
     def __len__(self) -> int:
         """Number of batches when every image is readable."""
@@ -75,6 +78,7 @@ class CalibrationLoader:
                             sampler=BatchSampler(order, self.batch_size, drop_last=False),
                             num_workers=self.workers, persistent_workers=False)
         self.failures = []
+        self.images_used = 0
         remaining, seen = self.num_images, 0
         for batch, failures in loader:
             self.failures.extend(failures)
@@ -87,6 +91,7 @@ class CalibrationLoader:
                 batch = tuple(b[:remaining] for b in batch) if isinstance(batch, tuple) else batch[:remaining]
                 n = remaining
             remaining -= n
+            self.images_used += n
             yield batch
             if remaining == 0:
                 break
@@ -116,7 +121,7 @@ def calibration_loader(source: Union[Source, Sequence[Source]],
                                  shuffle, seed)
     if not isinstance(source, (list, tuple)) or len(source) != len(pps):
         n_src = len(source) if isinstance(source, (list, tuple)) else 1
-        raise ValueError(f"multi-input calibration needs one source per input: got {len(pps)} preprocess settings "
+        raise UsageError(f"multi-input calibration needs one source per input: got {len(pps)} preprocess settings "
                          f"but {n_src} source(s)")
     datasets = [CalibrationDataset(s, p, split) for s, p in zip(source, pps)]
     return CalibrationLoader(MultiInputDataset(datasets), batch_size, num_images, workers, shuffle, seed)

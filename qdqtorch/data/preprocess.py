@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..atomic import atomic_write_text
+from ..errors import UsageError
+
 RESIZE_MODES = ("letterbox", "resize")
 COLOR_FORMATS = ("rgb", "bgr")
 INTERPOLATIONS = ("auto", "linear", "area", "nearest", "cubic")
@@ -15,7 +18,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 _ALIASES = {"mean_value": "mean", "std_value": "std", "img_size": "imgsz", "color_format": "color"}
 
 
-class PreprocessError(ValueError):
+class PreprocessError(UsageError):
     """A preprocessing setting is invalid; the message names the field."""
 
 
@@ -178,7 +181,7 @@ def save_preprocess(settings: Union[Preprocess, Sequence[Preprocess]], path: Uni
     path = Path(path)
     data = [s.to_dict() for s in settings] if isinstance(settings, (list, tuple)) else settings.to_dict()
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(data, indent=2))
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     else:
         import yaml
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

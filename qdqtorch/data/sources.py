@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
 from .image_io import IMAGE_EXTENSIONS
+from ..errors import UsageError
 
 TENSOR_EXTENSIONS = (".npy", ".raw", ".bin")
 SAMPLE_EXTENSIONS = IMAGE_EXTENSIONS + TENSOR_EXTENSIONS
@@ -16,7 +17,11 @@ SPLITS = ("train", "val", "test")
 Source = Union[str, Path, Sequence[Union[str, Path]]]
 
 
-class EmptySourceError(ValueError):
+class MissingSplitError(UsageError, KeyError):
+    """A dataset yaml has no entry for the requested split."""
+
+
+class EmptySourceError(UsageError):
     """A data source resolved to no usable files."""
 
 
@@ -80,7 +85,7 @@ def load_dataset_yaml(yaml_path: Union[str, Path]) -> dict:
         raise FileNotFoundError(f"dataset yaml not found: {yaml_path}")
     data = yaml.safe_load(yaml_path.read_text())
     if not isinstance(data, dict):
-        raise ValueError(f"{yaml_path}: not a dataset yaml (expected a mapping with train:/val: keys)")
+        raise UsageError(f"{yaml_path}: not a dataset yaml (expected a mapping with train:/val: keys)")
     return data
 
 
@@ -90,7 +95,7 @@ def dataset_split(yaml_path: Union[str, Path], split: str = "train") -> List[Pat
     data = load_dataset_yaml(yaml_path)
     if split not in data or not data[split]:
         present = [s for s in SPLITS if data.get(s)]
-        raise KeyError(f"{yaml_path}: no '{split}:' split (present: {present or 'none'})")
+        raise MissingSplitError(f"{yaml_path}: no '{split}:' split (present: {present or 'none'})")
     root = dataset_root(yaml_path, data)
     entries = data[split] if isinstance(data[split], (list, tuple)) else [data[split]]
     files: List[Path] = []
@@ -113,7 +118,7 @@ def dataset_names(yaml_path: Union[str, Path]) -> Optional[List[str]]:
     if isinstance(names, dict):
         keys = sorted(int(k) for k in names)
         if keys != list(range(len(keys))):
-            raise ValueError(f"{yaml_path}: 'names' indices must be 0..{len(keys) - 1}, got {keys}")
+            raise UsageError(f"{yaml_path}: 'names' indices must be 0..{len(keys) - 1}, got {keys}")
         return [str(names[k]) for k in keys]
     return [str(n) for n in names]
 
@@ -135,7 +140,7 @@ def _expand_path(p: Path, split: str) -> List[Path]:
     if suffix in YAML_EXTENSIONS:
         return dataset_split(p, split)
     if not is_sample_file(p):
-        raise ValueError(f"{p}: unsupported file type '{p.suffix}'; expected a folder, a .txt list, a dataset "
+        raise UsageError(f"{p}: unsupported file type '{p.suffix}'; expected a folder, a .txt list, a dataset "
                          f".yaml, an image ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) or a .npy/.raw/.bin tensor")
     return [p]
 

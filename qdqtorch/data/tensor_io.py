@@ -8,10 +8,12 @@ from typing import Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import UsageError
+
 RAW_EXTENSIONS = (".raw", ".bin")
 
 
-class TensorFileError(ValueError):
+class TensorFileError(UsageError):
     """A tensor file does not hold data of the declared input shape."""
 
 

@@ -9,6 +9,7 @@ import torch
 
 from ..optional import require
 from .preprocess import Preprocess
+from ..errors import UsageError
 
 _CV2_INTERP = {"linear": "INTER_LINEAR", "area": "INTER_AREA", "nearest": "INTER_NEAREST", "cubic": "INTER_CUBIC"}
 
@@ -113,7 +114,7 @@ def normalize(batch: torch.Tensor, pp: Preprocess) -> torch.Tensor:
 def preprocess_image(img: np.ndarray, pp: Preprocess) -> Tuple[torch.Tensor, TransformInfo]:
     """One decoded BGR image → normalised (C, H, W) float tensor plus its transform info."""
     if pp.channels != 3:
-        raise ValueError(f"image preprocessing produces 3 channels but the input declares channels={pp.channels}; "
+        raise UsageError(f"image preprocessing produces 3 channels but the input declares channels={pp.channels}; "
                          f"use .npy/.raw tensors or a custom hook for other channel counts")
     geo, info = apply_geometry(img, pp)
     return normalize(to_chw_uint8(geo, pp), pp), info

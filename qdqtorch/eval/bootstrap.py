@@ -7,6 +7,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ..errors import UsageError
 from .fast_scorer import FastCocoScorer
 from .scoring import Detections
 
@@ -41,7 +42,7 @@ def bootstrap_map(gt: dict, dets: Detections, image_ids: Sequence[int], *, key: 
                   resamples: int = 200, seed: int = 0) -> BootstrapResult:
     """Bootstrap the COCO `key` ("map50_95" or "map50") of `dets` against `gt` over `image_ids` (fast scorer)."""
     if key not in KEYS:
-        raise ValueError(f"bootstrap key {key!r}: choose one of {KEYS}")
+        raise UsageError(f"bootstrap key {key!r}: choose one of {KEYS}")
     image_ids = list(image_ids)
     anns = gt["annotations"]
     a_img = np.array([a["image_id"] for a in anns], dtype=np.int64)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+from ..errors import UsageError
+
 # Category id (1..90, with gaps) of each of the 80 classes in COCO's annotation files, in class-index order.
 COCO80_TO_91: List[int] = [
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33,
@@ -32,7 +34,7 @@ def is_coco80(names: Optional[Sequence[str]]) -> bool:
 def coco80_to_91(class_index: int) -> int:
     """COCO category id of a contiguous class index 0..79."""
     if not 0 <= class_index < 80:
-        raise ValueError(f"COCO class index must be in 0..79, got {class_index}")
+        raise UsageError(f"COCO class index must be in 0..79, got {class_index}")
     return COCO80_TO_91[class_index]
 
 
@@ -41,4 +43,4 @@ def coco91_to_80(category_id: int) -> int:
     try:
         return COCO80_TO_91.index(category_id)
     except ValueError:
-        raise ValueError(f"{category_id} is not one of the 80 COCO detection category ids") from None
+        raise UsageError(f"{category_id} is not one of the 80 COCO detection category ids") from None

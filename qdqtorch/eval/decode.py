@@ -7,13 +7,14 @@ from typing import List, Optional, Tuple
 import torch
 import torchvision
 
+from ..errors import UsageError
 from ..models.outputs import LAYOUTS
 
 
 def infer_layout(pred: torch.Tensor) -> str:
     """Guess the layout from the shape: the anchor axis (thousands) is the longer one."""
     if pred.ndim != 3:
-        raise ValueError(f"expected a (B, N, 5+nc) or (B, 4+nc, N) prediction tensor, got shape {tuple(pred.shape)}")
+        raise UsageError(f"expected a (B, N, 5+nc) or (B, 4+nc, N) prediction tensor, got shape {tuple(pred.shape)}")
     return "yolov5" if pred.shape[1] > pred.shape[2] else "ultralytics"
 
 
@@ -34,19 +35,19 @@ def decode_predictions(pred: torch.Tensor, layout: str,
     if layout == "auto":
         layout = infer_layout(pred)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown prediction layout {layout!r}; expected one of {list(LAYOUTS)} or 'auto'")
+        raise UsageError(f"unknown prediction layout {layout!r}; expected one of {list(LAYOUTS)} or 'auto'")
     if pred.ndim != 3:
-        raise ValueError(f"{layout} predictions must be 3-D, got shape {tuple(pred.shape)}")
+        raise UsageError(f"{layout} predictions must be 3-D, got shape {tuple(pred.shape)}")
     pred = pred.float()
     if layout == "yolov5":
         nc = pred.shape[2] - 5 if nc is None else nc
         if nc <= 0 or pred.shape[2] < 5 + nc:
-            raise ValueError(f"yolov5 layout expects (B, N, 5+nc) with nc >= 1, got shape {tuple(pred.shape)}"
+            raise UsageError(f"yolov5 layout expects (B, N, 5+nc) with nc >= 1, got shape {tuple(pred.shape)}"
                              f"{'' if nc is None else f' for nc={nc}'}; is the layout 'ultralytics'?")
         return xywh_to_xyxy(pred[..., :4]), pred[..., 5:5 + nc] * pred[..., 4:5]
     nc = pred.shape[1] - 4 if nc is None else nc
     if nc <= 0 or pred.shape[1] < 4 + nc:
-        raise ValueError(f"ultralytics layout expects (B, 4+nc, N) with nc >= 1, got shape {tuple(pred.shape)}; "
+        raise UsageError(f"ultralytics layout expects (B, 4+nc, N) with nc >= 1, got shape {tuple(pred.shape)}; "
                          f"is the layout 'yolov5'?")
     pred = pred.transpose(1, 2)
     return xywh_to_xyxy(pred[..., :4]), pred[..., 4:4 + nc]
@@ -126,7 +127,7 @@ def nms_candidates(pred: torch.Tensor, layout: str, conf_thres: float = 0.001, m
     """The dense half of NMS: threshold the raw predictions (every class above `conf_thres` with `multi_label`,
     else the best class only) and keep at most `max_candidates` per image (the best)."""
     if not 0 <= conf_thres <= 1:
-        raise ValueError(f"conf_thres must be in [0, 1], got {conf_thres}")
+        raise UsageError(f"conf_thres must be in [0, 1], got {conf_thres}")
     bsz = pred.shape[0]
     img, boxes, score, cls, ncls = _candidates(pred, layout, conf_thres, multi_label, nc)
     if score.numel() and torch.bincount(img, minlength=bsz).max() > max_candidates:
@@ -140,7 +141,7 @@ def suppress(c: Candidates, iou_thres: float = 0.65, max_det: int = 300, agnosti
     """The sparse half of NMS: class-aware (per image and class, unless `agnostic`) suppression; per image an
     (n, 6) tensor of [x1, y1, x2, y2, score, class], best first, at most `max_det`."""
     if not 0 <= iou_thres <= 1:
-        raise ValueError(f"iou_thres must be in [0, 1], got {iou_thres}")
+        raise UsageError(f"iou_thres must be in [0, 1], got {iou_thres}")
     img, boxes, score, cls = c.image, c.boxes, c.score, c.cls
     keep = _grouped_nms(boxes, score, img if agnostic else img * c.nc + cls, iou_thres)
     # order kept boxes by image, then score; cap each image at max_det
@@ -165,6 +166,6 @@ def non_max_suppression(pred: torch.Tensor, layout: str, conf_thres: float = 0.0
     pred's device.
     """
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
-        raise ValueError(f"conf_thres and iou_thres must be in [0, 1], got {conf_thres}, {iou_thres}")
+        raise UsageError(f"conf_thres and iou_thres must be in [0, 1], got {conf_thres}, {iou_thres}")
     candidates = nms_candidates(pred, layout, conf_thres, multi_label, max_candidates, nc)
     return suppress(candidates, iou_thres, max_det, agnostic)

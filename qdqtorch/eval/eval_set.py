@@ -18,6 +18,8 @@ from .coco_ids import COCO80_NAMES, COCO80_TO_91, is_coco80
 from .ground_truth import (image_ids_for, label_path_for, load_coco_json, match_coco_images, read_yolo_labels,
                            subset_coco, yolo_to_coco)
 
+from ..errors import UsageError
+
 PreprocessLike = Union[Preprocess, dict, None]
 
 
@@ -45,10 +47,10 @@ def _first(batch):
 def _load_images(paths: Sequence[Path], pp: Preprocess, workers: int, progress: bool):
     """Letterbox every image once: (uint8 (N, C, H, W) tensor, infos, indices kept, failures)."""
     if pp.hook is not None:
-        raise ValueError("EvalSet needs geometric preprocessing (letterbox or resize) to map boxes back; a custom "
+        raise UsageError("EvalSet needs geometric preprocessing (letterbox or resize) to map boxes back; a custom "
                          "preprocess hook cannot be used for evaluation")
     if pp.channels != 3:
-        raise ValueError(f"EvalSet evaluates 3-channel images; preprocess declares channels={pp.channels}")
+        raise UsageError(f"EvalSet evaluates 3-channel images; preprocess declares channels={pp.channels}")
     loader = DataLoader(_LetterboxFetch(paths, pp), batch_size=1, collate_fn=_first, num_workers=workers)
     images = torch.empty((len(paths), 3, *pp.hw), dtype=torch.uint8)
     infos: List[Optional[TransformInfo]] = [None] * len(paths)
@@ -107,7 +109,7 @@ class EvalSet:
     def scorer(self, name: str):
         """The scorer `name` prepared for this ground truth (built once, then reused)."""
         if not self.labelled:
-            raise ValueError(f"the {len(self)} evaluation images (e.g. {self.paths[0]}) have no labels: mAP against "
+            raise UsageError(f"the {len(self)} evaluation images (e.g. {self.paths[0]}) have no labels: mAP against "
                              f"labels cannot be computed; use fidelity (qdqtorch.eval.fidelity) instead")
         if name not in self._scorers:
             from .scorers import make_scorer
@@ -144,7 +146,7 @@ class EvalSet:
                 names = [str(i) for i in range(top + 1)]
         names = [str(n) for n in names]
         if coco_ids and len(names) != 80:
-            raise ValueError(f"coco_ids=True maps 80 COCO classes to category ids, but {len(names)} names were given")
+            raise UsageError(f"coco_ids=True maps 80 COCO classes to category ids, but {len(names)} names were given")
         category_ids = list(COCO80_TO_91) if coco_ids else list(range(len(names)))
         label_files = [label_path_for(p, labels) for p in paths]
         if not any(f.is_file() for f in label_files):
@@ -214,7 +216,7 @@ class EvalSet:
         category_ids = list(category_ids) if category_ids is not None else [c["id"] for c in cats]
         unknown = [c for c in category_ids if c not in by_id]
         if unknown:
-            raise ValueError(f"category ids {unknown[:5]} are not in {source}")
+            raise UsageError(f"category ids {unknown[:5]} are not in {source}")
         _check_sizes(gt, ids, infos, source)
         return cls(tensors, infos, ids, paths, subset_coco(gt, ids), [by_id[c] for c in category_ids],
                    category_ids, pp)

@@ -14,6 +14,7 @@ from ..models.outputs import prediction_tensor
 from .decode import Candidates, nms_candidates, suppress
 from .eval_set import EvalSet
 from .scoring import Detections
+from ..errors import UsageError
 
 
 @dataclass
@@ -78,7 +79,7 @@ def predict(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: flo
     mismatch = device.type != model_device.type or (device.index is not None and model_device.index is not None
                                                      and device.index != model_device.index)
     if mismatch and any(True for _ in model.parameters()):
-        raise ValueError(f"the model is on {model_device} but device={device}; move the model first (model.to())")
+        raise UsageError(f"the model is on {model_device} but device={device}; move the model first (model.to())")
     select = select or prediction_tensor
     out: List[Tuple[int, Candidates]] = []
     t_inf, t_cand = 0.0, 0.0
@@ -123,7 +124,7 @@ def detect(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: floa
            agnostic: bool = False, progress: bool = True) -> Tuple[Detections, Dict[str, float]]:
     """Run the model over the eval set and return detections in original-image pixels (COCO ids) + timings."""
     if not 0 <= iou_thres <= 1:   # before inference, not after it
-        raise ValueError(f"iou_thres must be in [0, 1], got {iou_thres}")
+        raise UsageError(f"iou_thres must be in [0, 1], got {iou_thres}")
     predictions = predict(model, eval_set, layout=layout, conf_thres=conf_thres, batch_size=batch_size,
                           device=device, select=select, multi_label=multi_label, progress=progress)
     return suppress_predictions(predictions, eval_set, iou_thres=iou_thres, max_det=max_det, agnostic=agnostic)
@@ -133,7 +134,7 @@ def _to_coco(det: torch.Tensor, index: int, eval_set: EvalSet, lut: torch.Tensor
     """(n, 6) network-space detections of image `index` → Detections in original pixels with category ids."""
     cls = det[:, 5].long()
     if cls.numel() and int(cls.max()) >= len(lut):
-        raise ValueError(f"the model predicts class {int(cls.max())} but the evaluation set has only {len(lut)} "
+        raise UsageError(f"the model predicts class {int(cls.max())} but the evaluation set has only {len(lut)} "
                          f"categories ({', '.join(eval_set.names[:3])}, ...); is it the right dataset/model?")
     xyxy = eval_set.infos[index].to_original(det[:, :4].double())
     xywh = torch.cat((xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]), dim=1)

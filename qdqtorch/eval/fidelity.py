@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .eval_set import EvalSet
+from .decode import nms_candidates
 from .evaluate import Predictions, predict, suppress_predictions
 from .scoring import Detections
 
@@ -43,40 +45,54 @@ def _first(output: Any) -> torch.Tensor:
     return leaves[0]
 
 
-class _OutputTap:
-    """A `select` for `predict`: passes the prediction tensor on and keeps (or compares) every output tensor of
-    the first `limit` images."""
+class FidelityTap:
+    """A `select` for `predict` / `evaluate`: passes the prediction tensor on and, from the same inference, keeps
+    the one-class-per-box NMS candidates fidelity scores, and every output tensor of the first `output_images`
+    images (the float reference's) or their error against `reference_outputs` (a candidate's). So COCO mAP and
+    fidelity cost one inference pass."""
 
-    def __init__(self, limit: int, reference: Optional[List[torch.Tensor]] = None) -> None:
-        self.limit, self.seen, self.reference = limit, 0, reference
+    def __init__(self, layout: str, conf_thres: float, *, output_images: int = 0,
+                 reference_outputs: Optional[List[torch.Tensor]] = None) -> None:
+        self.layout, self.conf_thres = layout, conf_thres
+        self.reference = reference_outputs
+        self.limit = reference_outputs[0].shape[0] if reference_outputs else output_images
+        self.images, self.kept_images = 0, 0
+        self.batches: List[tuple] = []
         self.kept: List[List[torch.Tensor]] = []
-        self.errors: Optional[List[OutputError]] = None
+        self.errors: List[OutputError] = []
 
     def __call__(self, output: Any) -> torch.Tensor:
         leaves = _leaves(output)
-        take = min(self.limit - self.seen, leaves[0].shape[0] if leaves else 0)
+        take = min(self.limit - self.kept_images, leaves[0].shape[0] if leaves else 0)
         if take > 0:
-            rows = [t[:take].detach().to("cpu", torch.float64) for t in leaves]
+            rows = [t[:take].detach().to("cpu", torch.float32) for t in leaves]
             if self.reference is None:
                 self.kept.append(rows)
             else:
-                self._compare(rows, self.seen)
-            self.seen += take
-        return _first(output)
+                self._compare(rows, self.kept_images)
+            self.kept_images += take
+        pred = _first(output)
+        self.batches.append((self.images, nms_candidates(pred, self.layout, self.conf_thres, multi_label=False)))
+        self.images += pred.shape[0]
+        return pred
 
     def _compare(self, rows: List[torch.Tensor], start: int) -> None:
         ref = self.reference or []
         n = min(len(ref), len(rows))
-        if self.errors is None:
+        if not self.errors:
             self.errors = [OutputError(i, list(ref[i].shape[1:])) for i in range(n)]
         for i in range(n):
             r = ref[i][start:start + rows[i].shape[0]]
             if r.shape != rows[i].shape:
-                raise ValueError(f"output {i} of the candidate has shape {tuple(rows[i].shape[1:])} per image but "
+                raise UsageError(f"output {i} of the candidate has shape {tuple(rows[i].shape[1:])} per image but "
                                  f"the float model's has {tuple(r.shape[1:])}; fidelity compares the same network")
-            self.errors[i].add(r, rows[i])
+            self.errors[i].add(r.double(), rows[i].double())
 
-    def stacked(self) -> List[torch.Tensor]:
+    def predictions(self) -> Predictions:
+        """The kept candidates as `Predictions` (for `suppress_predictions`)."""
+        return Predictions(list(self.batches), {"inference": 0.0, "nms": 0.0})
+
+    def outputs(self) -> List[torch.Tensor]:
         """The kept outputs, one tensor per output (images along dim 0)."""
         if not self.kept:
             return []
@@ -197,54 +213,85 @@ def _pseudo_gt(dets: Detections, eval_set: EvalSet, names: Sequence[str]) -> dic
             "categories": [{"id": c, "name": str(n)} for c, n in enumerate(names)]}
 
 
-def float_reference(model: nn.Module, eval_set: EvalSet, *, layout: str, conf_thres: float = REFERENCE_CONF,
-                    iou_thres: float = FIDELITY_IOU, max_det: int = 300, batch_size: int = 16,
-                    names: Optional[Sequence[str]] = None, output_images: int = 8, allow_empty: bool = False,
-                    progress: bool = False) -> FidelityReference:
-    """Run the float model once over `eval_set` and keep its detections as pseudo ground truth.
+def reference_tap(layout: str, output_images: int = 8) -> FidelityTap:
+    """The `select` that, passed to `evaluate`/`predict` on the float model, collects what `reference_from` needs."""
+    return FidelityTap(layout, REFERENCE_CONF, output_images=output_images)
 
-    `output_images`: how many images' raw outputs to keep for the per-output SNR/cosine (memory: a YOLOv5n output
-    at 640 is about 17 MB per image). No float detection at all raises a ValueError (wrong model, images or
-    preprocessing) unless `allow_empty`; images without any are fine (they only count candidates' false positives).
+
+def reference_from(tap: FidelityTap, eval_set: EvalSet, *, iou_thres: float = FIDELITY_IOU, max_det: int = 300,
+                   names: Optional[Sequence[str]] = None, allow_empty: bool = False,
+                   seconds: float = 0.0) -> FidelityReference:
+    """The FidelityReference from a float pass through `reference_tap` (its detections become the ground truth).
+
+    No float detection at all raises a ValueError (wrong model, images or preprocessing) unless `allow_empty`;
+    images without any are fine (they only count a candidate's false positives).
     """
-    tap = _OutputTap(output_images)
-    t0 = time.perf_counter()
-    preds = predict(model, eval_set, layout=layout, conf_thres=conf_thres, batch_size=batch_size, select=tap,
-                    multi_label=False, progress=progress)
-    nc = preds.batches[0][1].nc
+    if not tap.batches:
+        raise UsageError("reference_from: the tap saw no batch; pass it as select= to the float model's pass")
+    nc = tap.batches[0][1].nc
     if names is not None and len(names) != nc:
-        raise ValueError(f"{len(names)} class names given but the model predicts {nc} classes")
+        raise UsageError(f"{len(names)} class names given but the model predicts {nc} classes")
     names = [str(n) for n in names] if names is not None else [str(c) for c in range(nc)]
     view = dataclasses.replace(eval_set, names=names, category_ids=list(range(nc)), _scorers={}, labelled=True)
-    dets, _ = suppress_predictions(preds, view, iou_thres=iou_thres, max_det=max_det)
+    dets, _ = suppress_predictions(tap.predictions(), view, iou_thres=iou_thres, max_det=max_det)
     if not len(dets) and not allow_empty:
-        raise ValueError(f"the float model detects nothing (no box above conf {conf_thres}) on any of the "
+        raise UsageError(f"the float model detects nothing (no box above conf {tap.conf_thres}) on any of the "
                          f"{len(eval_set)} evaluation images (e.g. {eval_set.paths[0]}): wrong model, wrong images or "
                          f"wrong preprocessing (colour order, mean/std)? Every accuracy figure would be meaningless; "
                          f"pass --allow-empty (allow_empty=True) to go on anyway")
     view.gt = _pseudo_gt(dets, view, names)
-    settings = {"reference_conf": conf_thres, "candidate_conf": CANDIDATE_CONF, "iou_thres": iou_thres,
-                "max_det": max_det, "imgsz": list(eval_set.preprocess.hw), "output_images": tap.seen}
-    return FidelityReference(view, layout, nc, settings, tap.stacked(), seconds=time.perf_counter() - t0)
+    settings = {"reference_conf": tap.conf_thres, "candidate_conf": CANDIDATE_CONF, "iou_thres": iou_thres,
+                "max_det": max_det, "imgsz": list(eval_set.preprocess.hw), "output_images": tap.kept_images}
+    return FidelityReference(view, tap.layout, nc, settings, tap.outputs(), seconds=seconds)
+
+
+def float_reference(model: nn.Module, eval_set: EvalSet, *, layout: str, iou_thres: float = FIDELITY_IOU,
+                    max_det: int = 300, batch_size: int = 16, names: Optional[Sequence[str]] = None,
+                    output_images: int = 8, allow_empty: bool = False, progress: bool = False) -> FidelityReference:
+    """Run the float model once over `eval_set` and keep its detections (conf > 0.25) as pseudo ground truth.
+
+    `output_images`: how many images' raw outputs to keep for the per-output SNR/cosine (memory: a YOLOv5n output
+    at 640 is about 17 MB per image). To get the float COCO mAP from the same pass, pass `reference_tap(...)` as
+    `select=` to `evaluate` and call `reference_from`.
+    """
+    tap = reference_tap(layout, output_images)
+    t0 = time.perf_counter()
+    predict(model, eval_set, layout=layout, conf_thres=REFERENCE_CONF, batch_size=batch_size, select=tap,
+            multi_label=False, progress=progress)
+    return reference_from(tap, eval_set, iou_thres=iou_thres, max_det=max_det, names=names, allow_empty=allow_empty,
+                          seconds=time.perf_counter() - t0)
+
+
+def candidate_tap(reference: FidelityReference, outputs: bool = True) -> FidelityTap:
+    """The `select` that, passed to `evaluate`/`predict` on a candidate, collects what `score_tap` needs."""
+    return FidelityTap(reference.layout, CANDIDATE_CONF, reference_outputs=reference.outputs if outputs else None)
 
 
 def fidelity_predictions(candidate: nn.Module, reference: FidelityReference, *, batch_size: int = 16,
-                         progress: bool = False, outputs: bool = True) -> tuple:
-    """Inference half of `fidelity`: (the candidate's NMS candidates, its per-output errors vs float)."""
-    tap = _OutputTap(reference.outputs[0].shape[0] if outputs and reference.outputs else 0, reference.outputs)
-    preds = predict(candidate, reference.eval_set, layout=reference.layout, conf_thres=CANDIDATE_CONF,
-                    batch_size=batch_size, select=tap, multi_label=False, progress=progress)
-    return preds, tap.errors or []
+                         progress: bool = False) -> Predictions:
+    """The candidate's one-class-per-box NMS candidates over the reference images (the inference half)."""
+    return predict(candidate, reference.eval_set, layout=reference.layout, conf_thres=CANDIDATE_CONF,
+                   batch_size=batch_size, multi_label=False, progress=progress)
 
 
 def score_fidelity(preds: Predictions, reference: FidelityReference, *, scorer: str = "fast") -> tuple:
     """Scoring half of `fidelity`: (ScoreResult vs the pseudo ground truth, the candidate's detections)."""
     if preds.batches and preds.batches[0][1].nc != reference.num_classes:
-        raise ValueError(f"the candidate predicts {preds.batches[0][1].nc} classes, the float reference "
+        raise UsageError(f"the candidate predicts {preds.batches[0][1].nc} classes, the float reference "
                          f"{reference.num_classes}: not the same network")
     dets, _ = suppress_predictions(preds, reference.eval_set, iou_thres=reference.settings["iou_thres"],
                                    max_det=reference.settings["max_det"])
     return reference.eval_set.scorer(scorer).score(dets), dets
+
+
+def score_tap(tap: FidelityTap, reference: FidelityReference, *, scorer: str = "fast",
+              timings: Optional[Dict[str, float]] = None) -> FidelityResult:
+    """The FidelityResult of a candidate's pass through `candidate_tap(reference)`."""
+    t0 = time.perf_counter()
+    score, dets = score_fidelity(tap.predictions(), reference, scorer=scorer)
+    timings = {**(timings or {}), "scoring": time.perf_counter() - t0}
+    return FidelityResult(score.map50_95, score.map50, len(reference.eval_set), reference.num_boxes, len(dets),
+                          list(tap.errors), timings, dets)
 
 
 def fidelity(candidate: nn.Module, reference: Union[FidelityReference, nn.Module], eval_set: Optional[EvalSet] = None,
@@ -254,21 +301,19 @@ def fidelity(candidate: nn.Module, reference: Union[FidelityReference, nn.Module
     detections, plus per-output SNR/cosine on the reference's first images.
 
     `reference` is a FidelityReference from `float_reference` (compute it once, reuse it for every candidate), or
-    the float model itself together with `eval_set` and `layout`.
+    the float model itself together with `eval_set` and `layout`. To get the candidate's COCO mAP from the same
+    pass, pass `candidate_tap(reference)` as `select=` to `evaluate` and call `score_tap`.
     """
     if not isinstance(reference, FidelityReference):
         if eval_set is None or layout is None:
-            raise ValueError("fidelity(candidate, float_model, eval_set, layout=...): a float model as reference "
+            raise UsageError("fidelity(candidate, float_model, eval_set, layout=...): a float model as reference "
                              "needs the eval set and the layout")
         reference = float_reference(reference, eval_set, layout=layout, batch_size=batch_size, progress=progress)
+    tap = candidate_tap(reference, outputs)
     t0 = time.perf_counter()
-    preds, errors = fidelity_predictions(candidate, reference, batch_size=batch_size, progress=progress,
-                                         outputs=outputs)
-    t1 = time.perf_counter()
-    score, dets = score_fidelity(preds, reference, scorer=scorer)
-    timings = {"inference": t1 - t0, "scoring": time.perf_counter() - t1}
-    return FidelityResult(score.map50_95, score.map50, len(reference.eval_set), reference.num_boxes, len(dets),
-                          errors, timings, dets)
+    predict(candidate, reference.eval_set, layout=reference.layout, conf_thres=CANDIDATE_CONF, batch_size=batch_size,
+            select=tap, multi_label=False, progress=progress)
+    return score_tap(tap, reference, scorer=scorer, timings={"inference": time.perf_counter() - t0})
 
 
 def output_errors(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]) -> List[OutputError]:
@@ -281,5 +326,6 @@ def output_errors(reference: Sequence[torch.Tensor], candidate: Sequence[torch.T
     return errors
 
 
-__all__ = ["CANDIDATE_CONF", "FIDELITY_IOU", "REFERENCE_CONF", "FidelityReference", "FidelityResult", "OutputError",
-           "fidelity", "fidelity_predictions", "float_reference", "output_errors", "outputs_line", "score_fidelity"]
+__all__ = ["CANDIDATE_CONF", "FIDELITY_IOU", "REFERENCE_CONF", "FidelityReference", "FidelityResult", "FidelityTap",
+           "OutputError", "candidate_tap", "fidelity", "fidelity_predictions", "float_reference", "output_errors",
+           "outputs_line", "reference_from", "reference_tap", "score_fidelity", "score_tap"]

@@ -8,6 +8,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import UsageError
+
 PathLike = Union[str, Path]
 
 
@@ -22,7 +24,7 @@ def label_path_for(image_path: PathLike, labels_dir: Optional[PathLike] = None) 
         if parts[i] == "images":
             parts[i] = "labels"
             return Path(*parts).with_suffix(".txt")
-    raise ValueError(f"{image_path}: cannot locate its YOLO label file (no 'images' folder in the path); "
+    raise UsageError(f"{image_path}: cannot locate its YOLO label file (no 'images' folder in the path); "
                      f"pass the labels folder explicitly")
 
 
@@ -39,7 +41,7 @@ def read_yolo_labels(path: PathLike) -> np.ndarray:
         try:
             nums = [float(v) for v in vals]
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: not a YOLO label line (expected numbers): {line!r}") from None
+            raise UsageError(f"{path}:{lineno}: not a YOLO label line (expected numbers): {line!r}") from None
         if len(nums) == 5:
             rows.append(nums)
         elif len(nums) >= 7 and len(nums) % 2 == 1:         # class x1 y1 x2 y2 ... (segment polygon)
@@ -47,10 +49,10 @@ def read_yolo_labels(path: PathLike) -> np.ndarray:
             x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
             rows.append([nums[0], (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
         else:
-            raise ValueError(f"{path}:{lineno}: expected 'class cx cy w h' (or a polygon), got {len(nums)} values")
+            raise UsageError(f"{path}:{lineno}: expected 'class cx cy w h' (or a polygon), got {len(nums)} values")
     arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
     if arr.size and ((arr[:, 0] < 0).any() or (arr[:, 0] != np.round(arr[:, 0])).any()):
-        raise ValueError(f"{path}: class indices must be non-negative integers")
+        raise UsageError(f"{path}: class indices must be non-negative integers")
     return arr
 
 
@@ -70,7 +72,7 @@ def yolo_to_coco(image_paths: Sequence[PathLike], image_hw: Sequence[Tuple[int, 
     """A COCO instances dict for `image_paths` from their YOLO labels; class i becomes `category_ids[i]`,
     boxes are in pixels of the given (height, width), area = w*h, iscrowd 0."""
     if len(category_ids) != len(names):
-        raise ValueError(f"{len(names)} class names but {len(category_ids)} category ids")
+        raise UsageError(f"{len(names)} class names but {len(category_ids)} category ids")
     img_ids = image_ids_for(image_paths)
     images, annotations = [], []
     for path, img_id, (h, w) in zip(image_paths, img_ids, image_hw):
@@ -78,7 +80,7 @@ def yolo_to_coco(image_paths: Sequence[PathLike], image_hw: Sequence[Tuple[int, 
         label_file = label_path_for(path, labels_dir)
         labels = read_yolo_labels(label_file)
         if labels.size and labels[:, 0].max() >= len(category_ids):
-            raise ValueError(f"{label_file}: class {int(labels[:, 0].max())} but the dataset has only "
+            raise UsageError(f"{label_file}: class {int(labels[:, 0].max())} but the dataset has only "
                              f"{len(category_ids)} classes ({len(names)} names)")
         for cls, cx, cy, bw, bh in labels:
             box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
@@ -98,7 +100,7 @@ def load_coco_json(path: PathLike) -> dict:
         data = json.load(f)
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
-        raise ValueError(f"{path}: not a COCO instances file (missing {missing})")
+        raise UsageError(f"{path}: not a COCO instances file (missing {missing})")
     return data
 
 
@@ -113,7 +115,7 @@ def match_coco_images(image_paths: Sequence[PathLike], gt: dict,
             found.append(k)
             ids.append(img_id)
     if not found:
-        raise ValueError(f"none of the {len(image_paths)} images (e.g. {Path(image_paths[0]).name}) appear in "
+        raise UsageError(f"none of the {len(image_paths)} images (e.g. {Path(image_paths[0]).name}) appear in "
                          f"{source}; are these the right images for this annotation file?")
     return found, ids
 

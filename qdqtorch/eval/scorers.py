@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
+from ..errors import UsageError
 from .fast_scorer import FastCocoScorer
 from .scoring import PycocotoolsScorer
 
@@ -16,4 +17,4 @@ def make_scorer(name: str, gt: dict, image_ids: Optional[Sequence[int]] = None
         return PycocotoolsScorer(gt, image_ids)
     if name == "fast":
         return FastCocoScorer(gt, image_ids)
-    raise ValueError(f"unknown scorer {name!r}; expected one of {SCORERS}")
+    raise UsageError(f"unknown scorer {name!r}; expected one of {SCORERS}")

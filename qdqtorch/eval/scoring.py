@@ -8,6 +8,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ..errors import INSTALL_HINT, MissingDependencyError, UsageError
+
 # COCOeval's default thresholds, built the same way so comparisons against them are bit-identical.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -31,7 +33,7 @@ class Detections:
         self.score = np.asarray(self.score, dtype=np.float64).reshape(-1)
         n = len(self.image_id)
         if not len(self.category_id) == len(self.bbox) == len(self.score) == n:
-            raise ValueError("Detections arrays must have the same length")
+            raise UsageError("Detections arrays must have the same length")
 
     def __len__(self) -> int:
         return len(self.score)
@@ -88,8 +90,9 @@ class PycocotoolsScorer:
         try:
             from pycocotools.coco import COCO
         except ImportError:
-            raise ImportError("scorer='pycocotools' needs pycocotools (pip install pycocotools, or the "
-                              "qdqtorch[yolo] extra); or use scorer='fast'") from None
+            raise MissingDependencyError("scorer='pycocotools' needs the `pycocotools` package, which is not "
+                                         f"installed: {INSTALL_HINT.format(extra='yolo')}; or use the fast scorer "
+                                         "(--scorer fast, the same numbers)") from None
         self.coco_gt = COCO()
         self.coco_gt.dataset = gt
         with contextlib.redirect_stdout(io.StringIO()):

@@ -8,10 +8,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UsageError, missing_dependency
+
 
 class OnnxRuntimeModule(nn.Module):
     """forward(x) runs the ONNX model in ONNX Runtime (CPU unless `providers` says otherwise); returns its first
-    output as a torch tensor (all outputs when `all_outputs`)."""
+    output as a torch tensor (all outputs when `all_outputs`).
+
+    A graph with a fixed batch size (a static-shape export) is run in slices of that size, the last one padded, so
+    callers can send any batch.
+    """
 
     def __init__(self, path: Union[str, Path], providers: Sequence[str] = ("CPUExecutionProvider",),
                  all_outputs: bool = False, threads: int = 0) -> None:
@@ -19,7 +25,7 @@ class OnnxRuntimeModule(nn.Module):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ImportError("OnnxRuntimeModule needs onnxruntime: pip install 'qdqtorch[onnx]'") from exc
+            raise missing_dependency("onnxruntime", "OnnxRuntimeModule", "onnx") from exc
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
         options = ort.SessionOptions()
@@ -27,13 +33,25 @@ class OnnxRuntimeModule(nn.Module):
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         self.input_names = [i.name for i in self.session.get_inputs()]
+        first = self.session.get_inputs()[0].shape
+        self.fixed_batch = first[0] if first and isinstance(first[0], int) else None
         self.all_outputs = all_outputs
         self.path = str(path)
 
     def forward(self, *inputs: torch.Tensor):
         if len(inputs) != len(self.input_names):
-            raise ValueError(f"{self.path} takes {len(self.input_names)} input(s) {self.input_names}, "
+            raise UsageError(f"{self.path} takes {len(self.input_names)} input(s) {self.input_names}, "
                              f"got {len(inputs)}")
-        feed = {name: np.ascontiguousarray(t.detach().cpu().numpy()) for name, t in zip(self.input_names, inputs)}
-        outputs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
+        arrays = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in inputs]
+        n = arrays[0].shape[0]
+        step = self.fixed_batch or n
+        parts = []
+        for start in range(0, n, step):
+            chunk = [a[start:start + step] for a in arrays]
+            pad = step - chunk[0].shape[0]
+            if pad:  # a static-batch graph rejects a short last slice: pad with zeros, drop their outputs
+                chunk = [np.concatenate([c, np.zeros((pad, *c.shape[1:]), c.dtype)]) for c in chunk]
+            out = self.session.run(None, dict(zip(self.input_names, chunk)))
+            parts.append([o[:step - pad] for o in out])
+        outputs = [torch.from_numpy(np.concatenate(o)) if len(o) > 1 else torch.from_numpy(o[0]) for o in zip(*parts)]
         return tuple(outputs) if self.all_outputs else outputs[0]

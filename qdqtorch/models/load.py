@@ -12,8 +12,9 @@ from .describe import class_names, find_head, float_by_default, max_stride
 from .errors import ModelLoadError, ModelNotFoundError
 from .fold import fold_batchnorm
 from .loaded import LoadedModel
+from .reparam import fuse_reparameterizable
 from .repo_pickle import load_repo_pickle
-from .safetensors_loader import load_detector, read_metadata
+from .safetensors_loader import load_detector, read_metadata, recorded_imgsz
 from .ultralytics_loader import load_ultralytics
 
 _YAML = {".yaml", ".yml"}
@@ -50,17 +51,17 @@ def _missing(spec: str, path: Path) -> ModelNotFoundError:
     return ModelNotFoundError(f"model not found: {spec} (resolved to {path.resolve()}); {_WHAT_TO_PASS}")
 
 
-def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple[nn.Module, str]:
-    """Return (module, source description)."""
+def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple[nn.Module, str, int | None]:
+    """Return (module, source description, training image size recorded in the file or None)."""
     if isinstance(spec, nn.Module):
-        return spec, f"module:{type(spec).__name__}"
+        return spec, f"module:{type(spec).__name__}", None
     path = Path(spec).expanduser()
     if path.suffix.lower() in _YAML:
         if not path.exists() and path.parent != Path("."):
             raise _missing(str(spec), path)
         name = str(path) if path.exists() else path.name  # bare names resolve to ultralytics' bundled cfgs
         model, note = load_ultralytics(name, f"model yaml {spec}")
-        return model, f"ultralytics-yaml:{name} (random init){note}"
+        return model, f"ultralytics-yaml:{name} (random init){note}", None
     if not path.exists():
         raise _missing(str(spec), path)
     if path.is_dir():
@@ -70,20 +71,20 @@ def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple
         if metadata is None:
             raise ModelLoadError(f"{spec}: not a readable safetensors file (truncated or another format); "
                                  f"{_WHAT_TO_PASS}")
-        return load_detector(path, metadata), f"safetensors:{path.resolve()}"
+        return load_detector(path, metadata), f"safetensors:{path.resolve()}", recorded_imgsz(metadata)
     if not _is_torch_file(path):
         raise ModelLoadError(f"{spec}: unknown file type (not a torch.save checkpoint nor a .yaml model config); "
                              f"{_WHAT_TO_PASS}. ONNX/TensorRT files hold no PyTorch model to quantize")
     if _references_ultralytics(path):
         model, note = load_ultralytics(str(path), f"checkpoint {spec}")
-        return model, f"ultralytics:{path.resolve()}{note}"
-    model = load_repo_pickle(path, repo)
-    where = f" (repo {Path(repo).resolve()})" if repo is not None else ""
-    return model, f"repo-pickle:{path.resolve()}{where}"
+        return model, f"ultralytics:{path.resolve()}{note}", _ultralytics_imgsz(model)
+    model, packaged = load_repo_pickle(path, repo)
+    where = f" (repo {Path(repo).resolve()})" if repo is not None else " (pip package yolov5)" if packaged else ""
+    return model, f"repo-pickle:{path.resolve()}{where}", None
 
 
 def load_model(spec: str | Path | nn.Module, *, repo: str | Path | None = None, device: str | torch.device = "cpu",
-               fuse_bn: bool = False) -> LoadedModel:
+               fuse_bn: bool = False, fuse_reparam: bool = True) -> LoadedModel:
     """Load a detector as float32, eval mode, frozen, with its output layout, class names and stride.
 
     `spec` is a checkpoint path (a training-repository whole-model pickle such as YOLOv5/YOLOv7 `best.pt`, with
@@ -92,13 +93,26 @@ def load_model(spec: str | Path | nn.Module, *, repo: str | Path | None = None, 
     written by `qdqtorch.models.save_detector` (weights + architecture, no pickle), or an nn.Module.
     Checkpoints are pickles: loading one runs code from it (and from `repo`), so load only files you trust.
     Nothing is downloaded. `fuse_bn` folds BatchNorm into the preceding convs (see `fold_batchnorm`).
+    `fuse_reparam` (default) fuses re-parameterisable blocks (RepConv) into the single conv TensorRT deploys (see
+    `fuse_reparameterizable`); pass False to keep their training form, e.g. for QAT.
     """
-    module, source = _load_module(spec, repo)
+    module, source, imgsz = _load_module(spec, repo)
     model = module.float().to(device).eval()
     model.requires_grad_(False)
     layout, head = find_head(model)
+    if fuse_reparam:
+        fused = fuse_reparameterizable(model)
+        if fused:
+            source += f" (re-parameterised blocks fused: {len(fused)})"
     if fuse_bn:
         source += f" (batchnorm folded: {fold_batchnorm(model)})"
     return LoadedModel(model=model, layout=layout, names=class_names(model, head), stride=max_stride(model, head),
-                       default_ignore=float_by_default(model), source=source,
+                       default_ignore=float_by_default(model), source=source, imgsz=imgsz,
                        trained=isinstance(spec, nn.Module) or Path(spec).suffix.lower() not in _YAML)
+
+
+def _ultralytics_imgsz(module: nn.Module) -> int | None:
+    """The image size an Ultralytics checkpoint was trained at (its model's training args), or None."""
+    args = getattr(module, "args", None)
+    imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
+    return imgsz if isinstance(imgsz, int) and not isinstance(imgsz, bool) and imgsz > 0 else None

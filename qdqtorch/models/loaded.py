@@ -8,7 +8,8 @@ from torch import nn
 
 @dataclass
 class LoadedModel:
-    """A float32 eval-mode detector with its output layout, class names, max stride and default float layers."""
+    """A float32 eval-mode detector with its output layout, class names, max stride, default float layers and
+    (when the checkpoint records it) its training image size."""
 
     model: nn.Module
     layout: str  # "yolov5" (B, N, 5 + nc) or "ultralytics" (B, 4 + nc, N), see qdqtorch.models.outputs
@@ -16,6 +17,7 @@ class LoadedModel:
     stride: int
     default_ignore: list[str] = field(default_factory=list)  # regexes (re.search on module names) kept float
     source: str = ""
+    imgsz: int | None = None  # the image size the checkpoint says it was trained at, when it records one
     trained: bool = True  # False when built from a model yaml: random weights, every accuracy figure is noise
 
     def untrained_warning(self) -> str | None:

@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UsageError
+
 #: (B, N, 5 + nc): xywh in input pixels, sigmoid objectness, sigmoid class scores (YOLOv5/YOLOv7 heads)
 YOLOV5 = "yolov5"
 #: (B, 4 + nc, N): xywh in input pixels, sigmoid class scores, no objectness (Ultralytics YOLOv8/11/26 heads)
@@ -43,7 +45,7 @@ def prediction_tensor(output: Any) -> torch.Tensor:
     tensor, depth first; the one picker that export (`PredictionOnly`) and evaluation use."""
     pred = _first_3d_tensor(output)
     if pred is None:
-        raise ValueError(f"the model output holds no (batch, ., .) prediction tensor: got {describe_structure(output)}."
+        raise UsageError(f"the model output holds no (batch, ., .) prediction tensor: got {describe_structure(output)}."
                          " Is the model in eval mode?")
     return pred
 
@@ -51,7 +53,7 @@ def prediction_tensor(output: Any) -> torch.Tensor:
 def select_predictions(output: Any, layout: str) -> torch.Tensor:
     """`prediction_tensor` of a detector's output, checked against `layout`'s shape."""
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown prediction layout {layout!r}: expected one of {LAYOUTS}")
+        raise UsageError(f"unknown prediction layout {layout!r}: expected one of {LAYOUTS}")
     pred = prediction_tensor(output)
     if torch.jit.is_tracing():  # shape checks would only emit TracerWarnings during ONNX export
         return pred
@@ -59,7 +61,7 @@ def select_predictions(output: Any, layout: str) -> torch.Tensor:
     channels = pred.shape[2] if layout == YOLOV5 else pred.shape[1]
     if channels < min_channels:
         expected = "(B, N, 5 + nc)" if layout == YOLOV5 else "(B, 4 + nc, N)"
-        raise ValueError(f"prediction tensor of shape {tuple(pred.shape)} does not fit layout {layout!r} {expected}")
+        raise UsageError(f"prediction tensor of shape {tuple(pred.shape)} does not fit layout {layout!r} {expected}")
     return pred
 
 
@@ -69,7 +71,7 @@ class PredictionOnly(nn.Module):
     def __init__(self, model: nn.Module, layout: str) -> None:
         super().__init__()
         if layout not in LAYOUTS:
-            raise ValueError(f"unknown prediction layout {layout!r}: expected one of {LAYOUTS}")
+            raise UsageError(f"unknown prediction layout {layout!r}: expected one of {LAYOUTS}")
         self.model = model
         self.layout = layout
 

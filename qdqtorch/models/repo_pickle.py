@@ -1,12 +1,15 @@
 """Load a whole-model pickle saved by a training repository (YOLOv5/YOLOv7 style `torch.save(ckpt)`).
 
 Such a checkpoint stores the model's classes by name (e.g. `models.yolo.Model`), so unpickling imports them from the
-repository it was saved from. Unpickling runs code from the checkpoint and from that repository: load only files
-you trust.
+repository it was saved from. Without a repository, YOLOv5 checkpoints (v6 `models.yolo.Model`, v7
+`models.yolo.DetectionModel`) load through the pip-installed `yolov5` package, which is that repository packaged
+as `yolov5.models.*` / `yolov5.utils.*`. Unpickling runs code from the checkpoint and from that repository: load
+only files you trust.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pickle
 import sys
 import types
@@ -20,6 +23,8 @@ from torch import nn
 from .errors import ModelLoadError
 
 _REPO_HINT = "pass --repo PATH (the training repository the checkpoint was saved from)"
+_PACKAGED = {"models", "utils"}  # top-level packages of the YOLOv5 repository, under `yolov5.` in its pip package
+PACKAGE = "yolov5"
 
 
 def _provided_modules(repo: Path) -> set[str]:
@@ -70,8 +75,20 @@ def repository_on_path(repo: str | Path) -> Iterator[Path]:
 class _Lookups:
     """Records the global whose import failed during unpickling, to name it in the error."""
 
-    def __init__(self) -> None:
+    def __init__(self, packaged: bool = False) -> None:
         self.failed: tuple[str, str, Exception] | None = None
+        self.packaged = packaged  # try `yolov5.<module>` when `<module>` (models.*, utils.*) is not importable
+        self.used_package = False
+        self.package_error: Exception | None = None
+
+    def _from_package(self, module: str, name: str) -> Any:
+        try:
+            found = getattr(importlib.import_module(f"{PACKAGE}.{module}"), name)
+        except Exception as exc:  # the package exists but its own imports (pandas, ...) may fail
+            self.package_error = exc
+            return None
+        self.used_package = True
+        return found
 
     def pickle_module(self) -> types.ModuleType:
         lookups = self
@@ -81,6 +98,10 @@ class _Lookups:
                 try:
                     return super().find_class(module, name)
                 except (ImportError, AttributeError) as exc:
+                    if lookups.packaged and module.split(".")[0] in _PACKAGED:
+                        found = lookups._from_package(module, name)
+                        if found is not None:
+                            return found
                     lookups.failed = (module, name, exc)
                     raise
 
@@ -90,8 +111,12 @@ class _Lookups:
         return module
 
 
-def _unpickle(path: Path, repo: Path | None) -> Any:
-    lookups = _Lookups()
+def package_available() -> bool:
+    """Is the pip `yolov5` package installed (without importing it)?"""
+    return importlib.util.find_spec(PACKAGE) is not None
+
+
+def _unpickle(path: Path, repo: Path | None, lookups: _Lookups) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=lookups.pickle_module())
     except (pickle.UnpicklingError, EOFError) as exc:
@@ -108,10 +133,16 @@ def _unpickle(path: Path, repo: Path | None) -> Any:
             raise ModelLoadError(
                 f"{path}: importing `{wanted}` from {where} failed because that code needs the module `{missing}` "
                 f"({cause}); install the training repository's requirements") from exc
+        if lookups.package_error is not None:
+            raise ModelLoadError(
+                f"{path}: class `{wanted}` is not importable here, and importing it from the installed `{PACKAGE}` "
+                f"package failed ({type(lookups.package_error).__name__}: {lookups.package_error}); install that "
+                f"package's requirements, or {_REPO_HINT}") from exc
         if repo is None:
+            hint = "" if lookups.packaged else f" (for YOLOv5 checkpoints, `pip install {PACKAGE}` also serves)"
             raise ModelLoadError(
                 f"{path} is a whole-model pickle whose class `{wanted}` cannot be imported here ({cause}); "
-                f"{_REPO_HINT}") from exc
+                f"{_REPO_HINT}{hint}") from exc
         raise ModelLoadError(
             f"{path}: class `{wanted}` is not in the training repository {repo} ({cause}); "
             f"{_REPO_HINT}, the one whose code defines `{wanted}`") from exc
@@ -133,12 +164,14 @@ def _pick_model(obj: Any, path: Path) -> nn.Module:
     raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a model or a checkpoint dict with 'model'")
 
 
-def load_repo_pickle(path: Path, repo: str | Path | None = None) -> nn.Module:
-    """Unpickle a training-repository checkpoint (with `repo` importable when given) and return its module.
+def load_repo_pickle(path: Path, repo: str | Path | None = None) -> tuple[nn.Module, bool]:
+    """Unpickle a training-repository checkpoint and return (its module, whether the `yolov5` package served).
 
-    Runs the pickle's code: trusted files only.
+    With `repo`, its modules are imported; without, `models.*`/`utils.*` classes that are not importable come from
+    the pip `yolov5` package when it is installed. Runs the pickle's code: trusted files only.
     """
     if repo is None:
-        return _pick_model(_unpickle(path, None), path)
+        lookups = _Lookups(packaged=package_available())
+        return _pick_model(_unpickle(path, None, lookups), path), lookups.used_package
     with repository_on_path(repo) as root:
-        return _pick_model(_unpickle(path, root), path)
+        return _pick_model(_unpickle(path, root, _Lookups()), path), False

@@ -11,10 +11,13 @@ import torch
 import yaml
 from torch import nn
 
+from ..atomic import atomic_output
+from ..errors import INSTALL_HINT
 from .errors import ModelLoadError
 
 ARCHITECTURE_KEY = "qdqtorch.architecture"  # Ultralytics model yaml (text)
 NAMES_KEY = "qdqtorch.names"  # JSON list of class names
+IMGSZ_KEY = "qdqtorch.imgsz"  # the image size it was trained at (decimal text), when known
 
 
 def read_metadata(path: Path) -> Optional[Dict[str, str]]:
@@ -27,12 +30,18 @@ def read_metadata(path: Path) -> Optional[Dict[str, str]]:
         return None
 
 
-def save_detector(model: nn.Module, path: str | Path, architecture: str, names: List[str]) -> Path:
-    """Write `model`'s weights (float16) with the model yaml and class names, loadable by `load_model(path)`."""
+def save_detector(model: nn.Module, path: str | Path, architecture: str, names: List[str],
+                  imgsz: Optional[int] = None) -> Path:
+    """Write `model`'s weights (float16) with the model yaml, class names and training image size (the default
+    size of evaluations), loadable by `load_model(path)`."""
     from safetensors.torch import save_file
     state = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().cpu()
              for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={ARCHITECTURE_KEY: architecture, NAMES_KEY: json.dumps(list(names))})
+    with atomic_output(path) as tmp:
+        metadata = {ARCHITECTURE_KEY: architecture, NAMES_KEY: json.dumps(list(names))}
+        if imgsz is not None:
+            metadata[IMGSZ_KEY] = str(int(imgsz))
+        save_file(state, str(tmp), metadata=metadata)
     return Path(path)
 
 
@@ -46,7 +55,7 @@ def load_detector(path: Path, metadata: Dict[str, str]) -> nn.Module:
         from ultralytics.nn.tasks import DetectionModel
     except ImportError as exc:
         raise ModelLoadError(f"{path}: its architecture is an Ultralytics model config and needs the `ultralytics` "
-                             f"package ({exc}): pip install qdqtorch[yolo]") from exc
+                             f"package ({exc}): {INSTALL_HINT.format(extra='yolo')}") from exc
     cfg = yaml.safe_load(metadata[ARCHITECTURE_KEY])
     names = json.loads(metadata.get(NAMES_KEY, "[]"))
     model = DetectionModel(cfg, nc=len(names) or None, verbose=False)
@@ -59,3 +68,9 @@ def load_detector(path: Path, metadata: Dict[str, str]) -> nn.Module:
     if names:
         model.names = dict(enumerate(names))
     return model
+
+
+def recorded_imgsz(metadata: Dict[str, str]) -> Optional[int]:
+    """The training image size a qdqtorch safetensors detector records, or None."""
+    value = metadata.get(IMGSZ_KEY, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None

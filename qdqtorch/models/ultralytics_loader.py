@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import INSTALL_HINT
 from .errors import ModelLoadError, ModelNotFoundError
 
 
@@ -16,7 +17,7 @@ def _yolo_class(what: str) -> Any:
         from ultralytics import YOLO
     except ImportError as exc:
         raise ModelLoadError(f"{what} is an Ultralytics model and needs the `ultralytics` package "
-                             f"({exc}): pip install qdqtorch[yolo]") from exc
+                             f"({exc}): {INSTALL_HINT.format(extra='yolo')}") from exc
     return YOLO
 
 

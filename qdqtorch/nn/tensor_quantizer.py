@@ -12,11 +12,12 @@ from torch import nn
 from ..calib import HistogramCalibrator, MaxCalibrator, NonFiniteError, effective_method
 from ..descriptor import QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from ..tensor_quant import amax_to_scale, fake_tensor_quant, learnable_fake_tensor_quant, tensor_quant
+from ..errors import QdqtorchError
 
 Calibrator = Union[MaxCalibrator, HistogramCalibrator]
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(QdqtorchError, RuntimeError):
     """A quantizer could not be calibrated or used (no data, NaN/Inf, no amax); the message names it."""
 
 

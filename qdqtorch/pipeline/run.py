@@ -5,8 +5,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..errors import UsageError
 from ..host_memory import reuse_freed_memory
 from ..ptq import PTQSettings, calibrate, evaluate, export, prepare, recover, report
+from ..ptq.checks import check_settings, stale_outputs
 from ..quantize import save_calibration
 
 
@@ -28,12 +30,21 @@ class PTQResult:
 @reuse_freed_memory()
 def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQResult:
     """Run one PTQ job and write summary.json, report.md, calibration.json and model.qdq.onnx to settings.out."""
+    for flag, value in (("--model", settings.model), ("--data", settings.data)):
+        if not value:
+            raise UsageError(f"{flag} is required (with neither --model nor --data, scripts/ptq.py runs the "
+                             "embedded demo)")
+    check_settings(settings)  # bad values, missing files/packages, unwritable --out: now, not after minutes
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in stale_outputs(settings):
+        stale.unlink()
+        log(f"removed {stale} of an earlier run (--no-export: it would not match this run's summary)")
     prep = prepare(settings, evaluate_float=not settings.skip_float_eval, progress=progress, log=log)
     calibrate(prep, progress=progress)
     recover(prep, progress=progress, log=log)
     save_calibration(prep.model, out / "calibration.json")
+    report(prep, out)  # what is done so far survives a later failure
     evaluate(prep, "int8", progress=progress, log=log)
     if settings.export:
         onnx_path = export(prep, out)

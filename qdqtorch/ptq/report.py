@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 import torch
 
 from .. import __version__
-from ..quantize import atomic_write_text
+from ..atomic import atomic_write_text
 
 
 def versions() -> Dict[str, str]:
@@ -54,6 +54,7 @@ SUMMARY_FIELDS = {
     "note": "what this run is, when the settings say (e.g. the embedded demo and how small its data is)",
     "settings": "every PTQ setting of the run (scripts/ptq.py options / PTQSettings fields); rerun with --config",
     "versions": "Python, torch, qdqtorch and the optional packages used",
+    "defaults": "where settings left unset took their value from (imgsz: the settings, the checkpoint or 640)",
     "model": "where the model came from, its output layout (yolov5 or ultralytics), class count and max stride",
     "data": "evaluation and calibration sources, image counts and the number of ground-truth boxes",
     "float": "COCO metrics of the float model: map50_95 (mAP@[.50:.95]), map50, per-class AP (per_class, "
@@ -62,6 +63,8 @@ SUMMARY_FIELDS = {
                     "TensorRT rules report (tied groups, residual adds, disabled quantizers) when rules were applied",
     "int8": "COCO metrics of the fake-quantized model in PyTorch (same fields as float)",
     "onnx": "path of the exported Q/DQ ONNX (model.qdq.onnx)",
+    "onnx_graph": "its input shape mode (static: batch 1 at imgsz, what Ultralytics and a static TensorRT engine "
+                  "run; dynamic-batch) and the ONNX opset it was exported at",
     "qdq_check": "the Q/DQ checker on that ONNX: errors (TensorRT would not build it as INT8 as intended), warnings "
                  "(slower or less accurate placements), node counts",
     "int8_onnxruntime": "COCO metrics of the exported ONNX run in ONNX Runtime (with --ort-eval)",
@@ -103,4 +106,4 @@ def write_reports(summary: Dict[str, Any], out: Path) -> None:
     lines.append("- timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.get("timings", {}).items()))
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()))
     lines += ["", "## summary.json", ""] + [f"- `{k}`: {v}" for k, v in summary["fields"].items()]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

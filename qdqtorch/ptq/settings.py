@@ -6,9 +6,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from ..quantize import AMAX_METHODS, load_config_file
+from ..fieldtypes import check_field_types
+from ..quantize import AMAX_METHODS, QuantConfig, load_config_file
 from ..rules import PLACEMENTS
 from ..calib import WEIGHT_METHODS
+from ..errors import UsageError
+
+DEFAULT_RULES = "tensorrt"  # the placement one ships (README, BENCHMARKS.md §5); --rules none opts out
+DEFAULT_IMGSZ = 640         # when neither the settings nor the checkpoint give one
+
+# How the exported graph's input shape is fixed. "static": batch 1 and imgsz x imgsz, so Ultralytics
+# (YOLO("model.qdq.onnx").predict / .val) letterboxes every image to imgsz, and TensorRT builds a static engine;
+# "dynamic-batch": a symbolic batch axis (TensorRT needs an optimization profile; Ultralytics takes a dynamic axis
+# to mean any height/width too, which this graph rejects).
+ONNX_SHAPES = ("static", "dynamic-batch")
 
 
 RECOVER_CHOICES = ("adaround", "gptq", "nearest", "ranges", "adaround+ranges", "gptq+ranges", "nearest+ranges")
@@ -24,8 +35,8 @@ class PTQSettings:
     stride come from `imgsz` and the model.
     """
 
-    model: str = "yolov8n.pt"
-    data: str = "coco128.yaml"
+    model: Optional[str] = None               # required: a checkpoint, .safetensors detector or model yaml
+    data: Optional[str] = None                # required: a dataset yaml or image folder with YOLO labels
     out: str = "runs/ptq"
     repo: Optional[str] = None
     calib_data: Optional[str] = None          # default: the dataset's train split
@@ -34,7 +45,7 @@ class PTQSettings:
     num_calib: int = 128
     num_eval: Optional[int] = None
     batch: int = 16
-    imgsz: int = 640
+    imgsz: Optional[int] = None               # default: what the checkpoint records, else 640
     calib_method: str = "mse"                # best measured on YOLOv5n (BENCHMARKS.md §2); "max" is the fastest
     percentile: float = 99.99
     weight_method: str = "max"
@@ -43,18 +54,22 @@ class PTQSettings:
     recover_images: int = 16                  # calibration images the recovery fits on (one paired forward pass)
     bias_correction: bool = False             # with recover: also shift biases to cancel each layer's mean error
     ignore: List[str] = field(default_factory=list)
-    rules: Optional[str] = None               # "tensorrt" / "tensorrt-int8-residual": TensorRT placement rules
+    rules: Optional[str] = DEFAULT_RULES      # placement: "tensorrt" (what one ships), "tensorrt-int8-residual",
+                                              # or "none" / None for plain replacement
     fold_bn: bool = False
+    fuse_reparam: bool = True                 # RepConv blocks as deployed (one conv); False: training form (QAT)
     device: str = "cpu"
     export: bool = True
-    opset: int = 13
+    opset: Optional[int] = None               # None: the lowest opset >= 13 with every operator the model uses
+    onnx_shape: str = "static"                # "static" (batch 1, imgsz: Ultralytics, static TensorRT engine) or
+                                              # "dynamic-batch" (symbolic batch, fixed imgsz: TensorRT profiles)
     check: bool = False                       # fail on Q/DQ checker errors
     ort_eval: bool = False                    # score the exported ONNX with ONNX Runtime too
     skip_float_eval: bool = False
     conf_thres: float = 0.001
     iou_thres: float = 0.65
     max_det: int = 300
-    scorer: str = "pycocotools"
+    scorer: str = "fast"                      # the same numbers as "pycocotools" (tested to 1e-4), much faster
     workers: int = 0
     preprocess: Dict[str, Any] = field(default_factory=dict)   # qdqtorch.data.Preprocess fields (color, mean, ...)
     quant: Dict[str, Any] = field(default_factory=dict)
@@ -62,16 +77,20 @@ class PTQSettings:
 
     def __post_init__(self) -> None:
         if self.calib_method not in AMAX_METHODS:
-            raise ValueError(f"calib_method must be one of {AMAX_METHODS}, got {self.calib_method!r}")
+            raise UsageError(f"calib_method must be one of {AMAX_METHODS}, got {self.calib_method!r}")
         if self.weight_method not in WEIGHT_METHODS:
-            raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
+            raise UsageError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
+        if self.onnx_shape not in ONNX_SHAPES:
+            raise UsageError(f"onnx_shape must be one of {ONNX_SHAPES}, got {self.onnx_shape!r}")
+        if self.rules == "none":
+            self.rules = None
         if self.rules not in (None, *PLACEMENTS):
-            raise ValueError(f"rules must be one of {PLACEMENTS} or unset, got {self.rules!r}")
+            raise UsageError(f"rules must be one of {PLACEMENTS}, got {self.rules!r}")
         if self.recover not in (None, *RECOVER_CHOICES):
-            raise ValueError(f"recover must be one of {RECOVER_CHOICES} or unset, got {self.recover!r}")
+            raise UsageError(f"recover must be one of {RECOVER_CHOICES} or unset, got {self.recover!r}")
         for name in ("num_calib", "batch", "imgsz", "recover_images"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+            if getattr(self, name) is not None and int(getattr(self, name)) <= 0:
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}")
         if isinstance(self.ignore, str):
             self.ignore = [self.ignore]
 
@@ -86,11 +105,14 @@ class PTQSettings:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+            raise UsageError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+        check_field_types(cls, data, where)
+        if data.get("quant"):
+            QuantConfig.from_dict(data["quant"], where=f"{where}: quant")  # a bad quant section fails now, named
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise UsageError(f"{where}: {exc}") from None
 
     @classmethod
     def from_file(cls, path: Union[str, Path], **overrides: Any) -> "PTQSettings":

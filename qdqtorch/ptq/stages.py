@@ -7,6 +7,7 @@ the same stages.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .. import __version__
 from ..data import CalibrationLoader, Preprocess
 from ..models import LoadedModel
@@ -23,7 +25,7 @@ from ..quantize import calibrate as calibrate_model
 from ..rules import apply_placement, placement_from_name
 from ..user_code import import_callable, is_callable_spec
 from .report import versions, write_reports
-from .settings import PTQSettings
+from .settings import DEFAULT_IMGSZ, PTQSettings
 
 # summary key -> (timings key, log label) of each evaluation a PTQ run makes
 EVALUATIONS = {"float": ("float_eval", "float"), "int8": ("int8_eval", "int8 (fake quant)"),
@@ -65,8 +67,18 @@ def load_float(settings: PTQSettings) -> Tuple[nn.Module, Optional[LoadedModel]]
             raise TypeError(f"--model {settings.model}: returned {type(model).__name__}, expected a float nn.Module")
         return model.float().to(settings.device).eval(), None
     from ..models import load_model
-    loaded = load_model(settings.model, repo=settings.repo, device=settings.device, fuse_bn=settings.fold_bn)
+    loaded = load_model(settings.model, repo=settings.repo, device=settings.device, fuse_bn=settings.fold_bn,
+                        fuse_reparam=settings.fuse_reparam)
     return loaded.model, loaded
+
+
+def resolve_imgsz(settings: PTQSettings, loaded: Optional[LoadedModel]) -> Tuple[int, str]:
+    """The image size of a run and where it came from: the settings, the checkpoint, or the default."""
+    if settings.imgsz is not None:
+        return settings.imgsz, "from the settings"
+    if loaded is not None and loaded.imgsz:
+        return loaded.imgsz, "recorded in the checkpoint"
+    return DEFAULT_IMGSZ, "default: the checkpoint records none; pass --imgsz"
 
 
 def quant_config_for(settings: PTQSettings, default_ignore: Sequence[str], extra: Sequence[str] = ()) -> QuantConfig:
@@ -110,11 +122,16 @@ def prepare(settings: PTQSettings, *, with_eval_set: bool = True, evaluate_float
     (`evaluate_float`), then quantize and apply the placement (traced on the first evaluation image)."""
     t0 = time.perf_counter()
     model, loaded = load_float(settings)
+    imgsz, origin = resolve_imgsz(settings, loaded)
+    if settings.imgsz != imgsz:
+        settings = dataclasses.replace(settings, imgsz=imgsz)
+        log(f"imgsz {imgsz} ({origin})")
     stride = loaded.stride if loaded is not None else 32
     prep = Prepared(settings, model, loaded,
-                    Preprocess.from_dict({**settings.preprocess, "imgsz": settings.imgsz, "stride": stride}))
+                    Preprocess.from_dict({**settings.preprocess, "imgsz": imgsz, "stride": stride}))
     prep.timings["load"] = time.perf_counter() - t0
     prep.summary["settings"] = settings.to_dict()  # "versions" follows it, added by report()
+    prep.summary["defaults"] = {"imgsz": origin}
     if settings.note:
         prep.summary["note"] = settings.note
     if loaded is not None:
@@ -122,7 +139,7 @@ def prepare(settings: PTQSettings, *, with_eval_set: bool = True, evaluate_float
                                  "stride": loaded.stride}
     if with_eval_set:
         if loaded is None:
-            raise ValueError(f"--model {settings.model}: COCO evaluation needs a YOLO detector checkpoint")
+            raise UsageError(f"--model {settings.model}: COCO evaluation needs a YOLO detector checkpoint")
         t0 = time.perf_counter()
         prep.eval_set = eval_set_for(settings, prep.preprocess, loaded.names, progress)
         prep.timings["eval_set"] = time.perf_counter() - t0
@@ -157,7 +174,7 @@ def calibration_data(settings: PTQSettings, preprocess: Preprocess) -> Union[Lis
             if seen >= settings.num_calib:
                 break
         if not batches:
-            raise ValueError(f"--calib-data {settings.calib_data}: yielded no batch")
+            raise UsageError(f"--calib-data {settings.calib_data}: yielded no batch")
         return batches
     from ..data import calibration_loader
     return calibration_loader(settings.calib_data or settings.data, preprocess, batch_size=settings.batch,
@@ -177,7 +194,7 @@ def calibrate(prep: Prepared, data: Optional[Iterable] = None, *, progress: bool
     t0 = time.perf_counter()
     calibrate_model(prep.model, data, progress=progress, **calibration_kwargs(s))
     prep.timings["calibrate"] = time.perf_counter() - t0
-    images = getattr(data, "num_images", None)
+    images = getattr(data, "images_used", None)
     if images is None and isinstance(data, (list, tuple)):
         images = sum(samples_in(b) for b in data)
     prep.summary.setdefault("data", {}).update(calib=s.calib_data or s.data, calib_split=s.calib_split,
@@ -232,7 +249,7 @@ def evaluate(prep: Prepared, key: str = "int8", model: Optional[nn.Module] = Non
     int8 or int8_onnxruntime) in the summary; returns the EvalResult."""
     from ..eval import evaluate as evaluate_model
     if prep.eval_set is None:
-        raise ValueError("evaluate: prepare() was called with_eval_set=False")
+        raise UsageError("evaluate: prepare() was called with_eval_set=False")
     timing, label = EVALUATIONS[key]
     t0 = time.perf_counter()
     result = evaluate_model(prep.model if model is None else model, prep.eval_set, **eval_kwargs(prep, progress))
@@ -244,19 +261,20 @@ def evaluate(prep: Prepared, key: str = "int8", model: Optional[nn.Module] = Non
 
 def export(prep: Prepared, out: Path) -> Path:
     """Export the calibrated model as out/model.qdq.onnx and run the Q/DQ checker on it; returns the ONNX path."""
-    from ..export import check_qdq, export_onnx
-    from ..models import PredictionOnly
+    from ..export import check_qdq, export_onnx, onnx_opset
+    from ..models import PredictionOnly, ultralytics_metadata
     loaded, s = prep.loaded, prep.settings
     if loaded is None or prep.sample is None:
-        raise ValueError(f"--model {s.model}: the ONNX export needs a YOLO detector checkpoint and evaluation images")
+        raise UsageError(f"--model {s.model}: the ONNX export needs a YOLO detector checkpoint and evaluation images")
     onnx_path = Path(out) / "model.qdq.onnx"
     t0 = time.perf_counter()
-    export_onnx(PredictionOnly(prep.model, loaded.layout), prep.sample, onnx_path, opset=s.opset,
-                metadata={"stride": loaded.stride, "names": dict(enumerate(loaded.names)), "task": "detect",
-                          "imgsz": [s.imgsz, s.imgsz], "batch": 1,
-                          "description": f"qdqtorch {__version__} Q/DQ INT8 export of {s.model}"})
+    export_onnx(PredictionOnly(prep.model, loaded.layout), prep.sample[:1], onnx_path, opset=s.opset,
+                dynamic_batch=s.onnx_shape == "dynamic-batch",
+                metadata=ultralytics_metadata(loaded, prep.preprocess.hw,
+                                              f"qdqtorch {__version__} Q/DQ INT8 export of {s.model}"))
     prep.timings["export"] = time.perf_counter() - t0
     prep.summary["onnx"] = str(onnx_path)
+    prep.summary["onnx_graph"] = {"shape": s.onnx_shape, "opset": onnx_opset(onnx_path)}
     # layers kept float on purpose are warnings, not errors; ONNX node names join module levels with / or .
     ignored = prep.quant_report.ignored if prep.quant_report is not None else []
     allow_float = [f"*{name.replace('.', '[./]')}/*" for name, _, _ in ignored]

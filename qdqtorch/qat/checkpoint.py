@@ -3,17 +3,18 @@ settings, as safetensors or a weights-only torch file, reloadable into a freshly
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_output
 from ..nn import CalibrationError
 from ..quantize import named_quantizers
+from ..quantize.state import check_saved_format
 from ._util import unwrap
+from ..errors import UsageError
 
 FORMAT = "qdqtorch.qat_checkpoint"
 VERSION = 1
@@ -25,26 +26,13 @@ def _quantizer_settings(model: nn.Module) -> Dict[str, dict]:
                    "learn_amax": q.is_learnable} for name, q in named_quantizers(model)}
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename, so a crash never leaves half a checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_qat_checkpoint(model: nn.Module, path: Union[str, Path], *, metadata: Optional[dict] = None) -> Path:
     """Save a (QAT) quantized model's state_dict and quantizer settings to `.safetensors` (or `.pt`/`.pth`, a
     plain dict of tensors that loads with weights_only=True). DDP/compile wrappers are unwrapped, so keys carry no
     `module.` prefix. `metadata`: JSON-able notes (epoch, mAP...) returned by `load_qat_checkpoint`."""
     path = Path(path)
     if path.suffix not in (".safetensors", *_TORCH_SUFFIXES):
-        raise ValueError(f"save_qat_checkpoint: {path}: use a .safetensors (or .pt/.pth) file name")
+        raise UsageError(f"save_qat_checkpoint: {path}: use a .safetensors (or .pt/.pth) file name")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"save_qat_checkpoint: folder {path.parent} does not exist")
     model = unwrap(model)
@@ -62,11 +50,13 @@ def save_qat_checkpoint(model: nn.Module, path: Union[str, Path], *, metadata: O
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
         meta = {"format": FORMAT, "version": str(VERSION), "quantizers": json.dumps(settings), "metadata": user}
-        _atomic(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        with atomic_output(path) as tmp:
+            save_file(state, str(tmp), metadata=meta)
     else:
         blob = {"format": FORMAT, "version": VERSION, "quantizers": json.dumps(settings), "metadata": user,
                 "state_dict": state}
-        _atomic(path, lambda tmp: torch.save(blob, tmp))
+        with atomic_output(path) as tmp:
+            torch.save(blob, tmp)
     return path
 
 
@@ -81,19 +71,19 @@ def _read(path: Path) -> tuple:
                 meta = fh.metadata() or {}
                 state = {k: fh.get_tensor(k) for k in fh.keys()} if meta.get("format") == FORMAT else None
         except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ValueError(f"load_qat_checkpoint: {path} is not a readable safetensors file ({exc})") from None
+            raise UsageError(f"load_qat_checkpoint: {path} is not a readable safetensors file ({exc})") from None
     elif path.suffix in _TORCH_SUFFIXES:
         try:
             meta = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"load_qat_checkpoint: {path} is not a weights-only torch file written by "
+            raise UsageError(f"load_qat_checkpoint: {path} is not a weights-only torch file written by "
                              f"save_qat_checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
         meta = meta if isinstance(meta, dict) else {}
         state = meta.get("state_dict")
     else:
-        raise ValueError(f"load_qat_checkpoint: {path}: expected a .safetensors, .pt or .pth file")
+        raise UsageError(f"load_qat_checkpoint: {path}: expected a .safetensors, .pt or .pth file")
     if meta.get("format") != FORMAT or state is None:
-        raise ValueError(f"load_qat_checkpoint: {path} is not a qdqtorch QAT checkpoint (format {FORMAT}); a "
+        raise UsageError(f"load_qat_checkpoint: {path} is not a qdqtorch QAT checkpoint (format {FORMAT}); a "
                          "calibration file goes to qdqtorch.load_calibration, a training checkpoint to load_model")
     return state, json.loads(meta["quantizers"]), json.loads(meta.get("metadata") or "{}")
 
@@ -129,10 +119,7 @@ def load_qat_checkpoint(model: nn.Module, path: Union[str, Path], *, strict: boo
         q = quantizers.get(name)
         if q is None:
             continue
-        for key in ("num_bits", "axis"):
-            if entry.get(key) != getattr(q, key):
-                raise CalibrationError(f"load_qat_checkpoint: {path}: quantizer {name} was saved with {key}="
-                                       f"{entry.get(key)} but the model's has {key}={getattr(q, key)}")
+        check_saved_format(q, name, entry, f"load_qat_checkpoint: {path}")
         if restore_flags:
             if entry.get("learn_amax") and not q.learn_amax:
                 q.desc = q.desc.replace(learn_amax=True)

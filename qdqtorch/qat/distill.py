@@ -16,6 +16,7 @@ from ..models.outputs import describe_structure
 from ..quantize import named_quantizers, run_batch
 from ._util import flatten_tensors, unwrap
 from .prepare import _keep_eval
+from ..errors import UsageError
 
 Blocks = Union[str, Sequence[str], None]
 _STOCHASTIC = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.modules.instancenorm._InstanceNorm)
@@ -61,15 +62,15 @@ def _resolve_blocks(student: nn.Module, teacher: nn.Module, blocks: Blocks) -> L
         try:
             regex = re.compile(pattern)
         except re.error as exc:
-            raise ValueError(f"DistillationLoss: blocks: invalid regex {pattern!r}: {exc}") from None
+            raise UsageError(f"DistillationLoss: blocks: invalid regex {pattern!r}: {exc}") from None
         hits = [n for n in student_names if regex.fullmatch(n)]
         if not hits:
-            raise ValueError(f"DistillationLoss: blocks pattern {pattern!r} matches no module of the student "
+            raise UsageError(f"DistillationLoss: blocks pattern {pattern!r} matches no module of the student "
                              f"(re.fullmatch against module names such as {student_names[:3]})")
         names += [n for n in hits if n not in names]
     absent = [n for n in names if n not in teacher_names]
     if absent:
-        raise ValueError(f"DistillationLoss: the teacher has no module named {absent[:5]}; build it with "
+        raise UsageError(f"DistillationLoss: the teacher has no module named {absent[:5]}; build it with "
                          "make_teacher(model) so module names match the student's")
     return names
 
@@ -113,7 +114,7 @@ class DistillationLoss(nn.Module):
                  output_weight: float = 1.0, normalize: bool = False) -> None:
         super().__init__()
         if block_weight < 0 or output_weight < 0 or block_weight + output_weight == 0:
-            raise ValueError(f"DistillationLoss: weights must be >= 0 and not both 0, got block_weight={block_weight},"
+            raise UsageError(f"DistillationLoss: weights must be >= 0 and not both 0, got block_weight={block_weight},"
                              f" output_weight={output_weight}")
         object.__setattr__(self, "student", student)  # not a submodule: its parameters belong to the training loop
         self.teacher = teacher
@@ -149,7 +150,7 @@ class DistillationLoss(nn.Module):
     def _pairwise(self, what: str, student: Any, teacher: Any) -> List[torch.Tensor]:
         s, t = flatten_tensors(student), flatten_tensors(teacher)
         if len(s) != len(t) or any(a.shape != b.shape for a, b in zip(s, t)):
-            raise ValueError(f"DistillationLoss: {what} differs between student and teacher: student "
+            raise UsageError(f"DistillationLoss: {what} differs between student and teacher: student "
                              f"{describe_structure(student)}, teacher {describe_structure(teacher)}. Is the teacher "
                              "a copy of this model (make_teacher)?")
         return [_mse(a, b.detach(), self.normalize) for a, b in zip(s, t)]
@@ -176,7 +177,7 @@ class DistillationLoss(nn.Module):
         out_terms = self._pairwise("the model output", s_out, t_out)
         found = out_terms + list(per_block.values())
         if not found:
-            raise ValueError("DistillationLoss: neither the model output nor the blocks hold floating-point tensors "
+            raise UsageError("DistillationLoss: neither the model output nor the blocks hold floating-point tensors "
                              f"to compare (output: {describe_structure(s_out)})")
         zero = found[0].new_zeros(())
         block_loss = torch.stack(list(per_block.values())).mean() if per_block else zero
@@ -211,7 +212,7 @@ class DistillationLoss(nn.Module):
                     totals[key] = totals.get(key, 0.0) + value * n
                 count += n
         if count == 0:
-            raise ValueError("DistillationLoss.measure: the data yielded no batch")
+            raise UsageError("DistillationLoss.measure: the data yielded no batch")
         return {key: value / count for key, value in totals.items()}
 
 

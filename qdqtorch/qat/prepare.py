@@ -10,6 +10,7 @@ from torch import nn
 
 from ..nn import CalibrationError, TensorQuantizer
 from ..quantize import named_quantizers
+from ..errors import UsageError
 
 LearnAmax = Union[bool, str, Sequence[str]]
 
@@ -69,11 +70,11 @@ def _select(quantizers: List[tuple], learn_amax: LearnAmax) -> List[tuple]:
         try:
             regex = re.compile(pattern)
         except re.error as exc:
-            raise ValueError(f"prepare_qat: learn_amax: invalid regex {pattern!r}: {exc}") from None
+            raise UsageError(f"prepare_qat: learn_amax: invalid regex {pattern!r}: {exc}") from None
         hits = [(n, q) for n, q in quantizers if regex.match(n)]
         if not hits:
             near = difflib.get_close_matches(pattern.replace(".*", ""), names, n=3, cutoff=0.0)
-            raise ValueError(f"prepare_qat: learn_amax pattern {pattern!r} matched no enabled, calibrated quantizer "
+            raise UsageError(f"prepare_qat: learn_amax pattern {pattern!r} matched no enabled, calibrated quantizer "
                              f"(re.match against quantizer names); nearest names: {near}")
         chosen += [h for h in hits if all(h[1] is not c[1] for c in chosen)]
     return chosen
@@ -162,7 +163,7 @@ def param_groups(model: nn.Module, lr: float, *, amax_lr: Optional[float] = None
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in amax_ids]
     amaxes = [p for p in model.parameters() if p.requires_grad and id(p) in amax_ids]
     if not weights and not amaxes:
-        raise ValueError("param_groups: the model has no trainable parameter; call prepare_qat first "
+        raise UsageError("param_groups: the model has no trainable parameter; call prepare_qat first "
                          "(train_weights=True, or learn_amax)")
     groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}] if weights else []
     if amaxes:

@@ -5,11 +5,11 @@ from .config import QuantConfig, load_config_file, resolve_config, write_config_
 from .distributed import distributed_calibrate
 from .control import disable_quantization, enable_quantization, named_quantizers, weight_quantizer_ids
 from .replace import QuantReport, name_quantizers, quantize_model
-from .state import QuantSummary, atomic_write_text, load_calibration, quant_summary, save_calibration
+from .state import QuantSummary, load_calibration, quant_summary, save_calibration
 
 __all__ = ["QuantConfig", "QuantReport", "quantize_model", "name_quantizers", "collect_stats", "compute_amax",
            "calibrate", "calibrate_weights", "use_histogram_calibrators", "run_batch", "AMAX_METHODS",
            "distributed_calibrate",
            "disable_quantization", "enable_quantization", "named_quantizers", "weight_quantizer_ids",
-           "save_calibration", "load_calibration", "quant_summary", "QuantSummary", "atomic_write_text",
+           "save_calibration", "load_calibration", "quant_summary", "QuantSummary",
            "load_config_file", "write_config_file", "resolve_config"]

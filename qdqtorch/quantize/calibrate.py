@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from ..calib import AMAX_METHODS, HistogramCalibrator, MaxCalibrator, calibrator_for, check_amax_method, weight_amax
 from ..nn import CalibrationError, TensorQuantizer, preserve_quantizer_state
 from .control import named_quantizers, weight_quantizer_ids
+from ..errors import UsageError
 
 __all__ = ["AMAX_METHODS", "calibrate", "calibrate_weights", "collect_stats", "compute_amax", "run_batch",
            "use_histogram_calibrators"]
@@ -39,7 +40,7 @@ def run_batch(model: nn.Module, batch: Any, device: torch.device, preprocess: Op
         return model(batch)
     if isinstance(batch, (list, tuple)):
         if not batch:
-            raise ValueError("collect_stats: the data yielded an empty tuple/list")
+            raise UsageError("collect_stats: the data yielded an empty tuple/list")
         return model(batch[0])
     if isinstance(batch, Mapping):
         return model(**batch)

@@ -10,7 +10,10 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Union
 
 from torch import nn
 
+from ..errors import UsageError
+from ..atomic import atomic_write_text
 from ..descriptor import QUANT_DESC_8BIT_CONV_WEIGHT_PER_CHANNEL, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
+from ..fieldtypes import check_field_types
 from ..nn import QUANT_TWINS, WEIGHTED_TYPES
 from ..user_code import import_object
 
@@ -28,27 +31,27 @@ def _resolve_class(spec: Union[str, type], what: str) -> type:
     for namespace in (nn, qnn):
         if hasattr(namespace, spec):
             return getattr(namespace, spec)
-    raise ValueError(f"{what}: unknown module class {spec!r}; use a torch.nn / qdqtorch.nn class name or "
+    raise UsageError(f"{what}: unknown module class {spec!r}; use a torch.nn / qdqtorch.nn class name or "
                      "'package.module:Class'")
 
 
 def _check_override(entry: Any, index: int) -> Dict[str, Dict[str, Any]]:
     if not isinstance(entry, Mapping) or not entry:
-        raise ValueError(f"QuantConfig.overrides[{index}]: expected {{regex: {{descriptor fields}}}}, got {entry!r}")
+        raise UsageError(f"QuantConfig.overrides[{index}]: expected {{regex: {{descriptor fields}}}}, got {entry!r}")
     for pattern, fields in entry.items():
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise ValueError(f"QuantConfig.overrides[{index}]: invalid regex {pattern!r}: {exc}") from None
+            raise UsageError(f"QuantConfig.overrides[{index}]: invalid regex {pattern!r}: {exc}") from None
         if not isinstance(fields, Mapping):
-            raise ValueError(f"QuantConfig.overrides[{index}][{pattern!r}]: expected a mapping of descriptor fields")
+            raise UsageError(f"QuantConfig.overrides[{index}][{pattern!r}]: expected a mapping of descriptor fields")
         for key, value in fields.items():
             if key in ("input", "weight"):
                 bad = set(value) - _DESC_FIELDS if isinstance(value, Mapping) else {"<not a mapping>"}
             else:
                 bad = {key} - _DESC_FIELDS
             if bad:
-                raise ValueError(f"QuantConfig.overrides[{index}][{pattern!r}]: unknown field(s) {sorted(bad)}; use "
+                raise UsageError(f"QuantConfig.overrides[{index}][{pattern!r}]: unknown field(s) {sorted(bad)}; use "
                                  f"descriptor fields {sorted(_DESC_FIELDS)}, optionally under 'input' or 'weight'")
     return {k: dict(v) for k, v in entry.items()}
 
@@ -84,11 +87,11 @@ class QuantConfig:
             self.ignore = list(self.ignore)
             for pattern in self.ignore:
                 if not isinstance(pattern, str):
-                    raise ValueError(f"QuantConfig.ignore: expected regex strings, got {pattern!r}")
+                    raise UsageError(f"QuantConfig.ignore: expected regex strings, got {pattern!r}")
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    raise ValueError(f"QuantConfig.ignore: invalid regex {pattern!r}: {exc}") from None
+                    raise UsageError(f"QuantConfig.ignore: invalid regex {pattern!r}: {exc}") from None
         self.overrides = [_check_override(entry, i) for i, entry in enumerate(self.overrides or [])]
         self.module_map()  # validate class names now, not halfway through replacement
 
@@ -101,7 +104,7 @@ class QuantConfig:
         for name in self.modules:
             float_cls = _resolve_class(name, "QuantConfig.modules")
             if float_cls not in QUANT_TWINS:
-                raise ValueError(f"QuantConfig.modules: no built-in quantized twin for {name!r}; built-ins: "
+                raise UsageError(f"QuantConfig.modules: no built-in quantized twin for {name!r}; built-ins: "
                                  f"{sorted(c.__name__ for c in QUANT_TWINS)}; map it to your own class instead")
             mapping[float_cls] = QUANT_TWINS[float_cls]
         return mapping
@@ -110,7 +113,7 @@ class QuantConfig:
     def to_dict(self) -> dict:
         """JSON/YAML-able dict (a callable `ignore` cannot be serialised)."""
         if callable(self.ignore):
-            raise ValueError("QuantConfig.to_dict: a callable `ignore` cannot be written to a file; use regexes")
+            raise UsageError("QuantConfig.to_dict: a callable `ignore` cannot be written to a file; use regexes")
         modules = dict(self.modules) if isinstance(self.modules, Mapping) else list(self.modules)
         return {"input": self.input.to_dict(), "weight": self.weight.to_dict(), "modules": modules,
                 "ignore": list(self.ignore), "overrides": [dict(o) for o in self.overrides]}
@@ -121,11 +124,12 @@ class QuantConfig:
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+            raise UsageError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+        check_field_types(cls, data, where)
         try:
             return cls(**dict(data))
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise UsageError(f"{where}: {exc}") from None
 
     @classmethod
     def from_file(cls, path: Union[str, Path]) -> "QuantConfig":
@@ -151,11 +155,11 @@ def load_config_file(path: Union[str, Path]) -> dict:
             import yaml
             data = yaml.safe_load(text)
     except Exception as exc:  # yaml/json syntax errors carry line numbers; keep them
-        raise ValueError(f"{path}: cannot parse config: {exc}") from None
+        raise UsageError(f"{path}: cannot parse config: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        raise UsageError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
@@ -164,9 +168,9 @@ def write_config_file(data: Mapping[str, Any], path: Union[str, Path]) -> None:
     path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
-        path.write_text(yaml.safe_dump(dict(data), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(dict(data), sort_keys=False))
     else:
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def resolve_config(config: Union["QuantConfig", Mapping[str, Any], str, Path, None]) -> "QuantConfig":

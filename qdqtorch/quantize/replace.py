@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from torch import nn
 
+from ..errors import UsageError
 from ..descriptor import QuantDescriptor
 from ..nn import TensorQuantizer
 from .config import QuantConfig, resolve_config
@@ -92,7 +93,7 @@ def quantize_model(model: nn.Module, config: Union[QuantConfig, Mapping[str, Any
     config = resolve_config(config)
     mapping = config.module_map()
     if type(model) in mapping:
-        raise ValueError(f"quantize_model: the model itself is a {type(model).__name__}; wrap it in a container "
+        raise UsageError(f"quantize_model: the model itself is a {type(model).__name__}; wrap it in a container "
                          "(e.g. nn.Sequential) so it can be replaced in place")
     report = QuantReport()
     names = [n for n, _ in model.named_modules() if n]

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Union
 
 from torch import nn
 
+from ..atomic import atomic_output, atomic_write_text
 from ..nn import CalibrationError, TensorQuantizer
 from .control import named_quantizers
+from ..errors import UsageError
 
 FORMAT = "qdqtorch.calibration"
 VERSION = 1
@@ -20,15 +20,6 @@ VERSION = 1
 def _describe(q: TensorQuantizer) -> dict:
     return {"num_bits": q.num_bits, "axis": q.axis, "unsigned": q.unsigned, "narrow_range": q.narrow_range,
             "enabled": q.is_enabled}
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write a text file via write-then-rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def save_calibration(model: nn.Module, path: Union[str, Path]) -> Path:
@@ -40,14 +31,15 @@ def save_calibration(model: nn.Module, path: Union[str, Path]) -> Path:
         from safetensors.torch import save_file
         tensors = {name: q.amax.detach().float().cpu().contiguous() for name, q in quantizers.items()
                    if q.amax is not None}
-        save_file(tensors, str(path), metadata={"format": FORMAT, "version": str(VERSION),
-                                                "quantizers": json.dumps(meta)})
+        with atomic_output(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION),
+                                                   "quantizers": json.dumps(meta)})
     elif path.suffix == ".json":
         for name, q in quantizers.items():
             meta[name]["amax"] = None if q.amax is None else q.amax.detach().cpu().tolist()
         atomic_write_text(path, json.dumps({"format": FORMAT, "version": VERSION, "quantizers": meta}, indent=1))
     else:
-        raise ValueError(f"save_calibration: {path}: use a .json or .safetensors file name")
+        raise UsageError(f"save_calibration: {path}: use a .json or .safetensors file name")
     return path
 
 
@@ -59,7 +51,7 @@ def _read(path: Path) -> Dict[str, dict]:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             if meta.get("format") != FORMAT:
-                raise ValueError(f"load_calibration: {path} is not a qdqtorch calibration file")
+                raise UsageError(f"load_calibration: {path} is not a qdqtorch calibration file")
             entries = json.loads(meta["quantizers"])
             for name in fh.keys():
                 entries[name]["amax"] = fh.get_tensor(name)
@@ -68,11 +60,19 @@ def _read(path: Path) -> Dict[str, dict]:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"load_calibration: {path}: invalid JSON ({exc})") from None
+            raise UsageError(f"load_calibration: {path}: invalid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"load_calibration: {path} is not a qdqtorch calibration file (no format: {FORMAT})")
+            raise UsageError(f"load_calibration: {path} is not a qdqtorch calibration file (no format: {FORMAT})")
         return data["quantizers"]
-    raise ValueError(f"load_calibration: {path}: expected a .json or .safetensors file")
+    raise UsageError(f"load_calibration: {path}: expected a .json or .safetensors file")
+
+
+def check_saved_format(q: TensorQuantizer, name: str, entry: Dict, where: str) -> None:
+    """A saved quantizer entry (calibration or QAT checkpoint) must have the model quantizer's num_bits and axis."""
+    for key in ("num_bits", "axis"):
+        if entry.get(key) != getattr(q, key):
+            raise CalibrationError(f"{where}: quantizer {name} was saved with {key}={entry.get(key)} but the "
+                                   f"model's has {key}={getattr(q, key)}")
 
 
 def load_calibration(model: nn.Module, path: Union[str, Path], strict: bool = True) -> int:
@@ -97,10 +97,7 @@ def load_calibration(model: nn.Module, path: Union[str, Path], strict: bool = Tr
         q = quantizers.get(name)
         if q is None:
             continue
-        for key in ("num_bits", "axis"):
-            if entry.get(key) != getattr(q, key):
-                raise CalibrationError(f"load_calibration: {path}: quantizer {name} was saved with {key}="
-                                       f"{entry.get(key)} but the model's has {key}={getattr(q, key)}")
+        check_saved_format(q, name, entry, f"load_calibration: {path}")
         if entry.get("amax") is not None:
             try:
                 q.amax = entry["amax"]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ..nn import QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear, TensorQuantizer
 from ..tensor_quant import amax_to_scale, quant_bounds
 
@@ -77,7 +78,7 @@ def input_rows(module: nn.Module, x: torch.Tensor, group: int) -> torch.Tensor:
     else:
         return _patches_3d(module, x)
     if isinstance(module.padding, str):
-        raise ValueError(f"padding={module.padding!r} is not supported by recovery")
+        raise UsageError(f"padding={module.padding!r} is not supported by recovery")
     cols = F.unfold(x, k, dilation=d, padding=p, stride=s)         # (n, cin*k*k, positions)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 

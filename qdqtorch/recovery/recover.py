@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..nn import TensorQuantizer
 from ..quantize import disable_quantization, named_quantizers, weight_quantizer_ids
 from .layers import groups_of, input_rows, scale_and_bounds, skip_reason, weight_rows, weighted_quant_layers
@@ -282,7 +283,7 @@ def recover_weights(model: nn.Module, data: Iterable, *, method: str = "adaround
     restored as it was. solver_kwargs go to the rounding (e.g. iters=, lr=, reg= for adaround).
     """
     if method not in ROUNDINGS:
-        raise ValueError(f"recover_weights: unknown method {method!r}; choose one of {ROUNDINGS}")
+        raise UsageError(f"recover_weights: unknown method {method!r}; choose one of {ROUNDINGS}")
     start = time.perf_counter()
     if device is None:
         first = next(itertools.chain(model.parameters(), model.buffers()), None)

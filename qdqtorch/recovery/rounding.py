@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from ..errors import UsageError
 
 ROUNDINGS = ("nearest", "adaround", "gptq")
 
@@ -128,4 +129,4 @@ def solve(p: Problem, method: str, **kwargs) -> torch.Tensor:
         return adaround_codes(p, **kwargs)
     if method == "gptq":
         return gptq_codes(p, **{k: v for k, v in kwargs.items() if k in ("damp", "block")})
-    raise ValueError(f"unknown rounding {method!r}; choose one of {ROUNDINGS}")
+    raise UsageError(f"unknown rounding {method!r}; choose one of {ROUNDINGS}")

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from . import ops
 from .trace import Graph, Node
+from ..errors import UsageError
 
 _FUSE_DEPTH = 8
 
@@ -148,7 +149,7 @@ def analyze(g: Graph, weight_ids: Set[int], residual: str = "float") -> Plan:
     (residual Adds read their shortcut in float) or "int8" (the shortcut comes from a Q/DQ, as Conv+Add fusion
     needs)."""
     if residual not in RESIDUAL_MODES:
-        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+        raise UsageError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
     act_quant = [n for n in g.nodes if _is_activation_quant(n, weight_ids)]
     enabled_out = {n.outputs[0]: n for n in act_quant if n.enabled}
     compute = {n.index for n in g.nodes if n.kind == "op" and n.target in ops.WEIGHTED and n.inputs

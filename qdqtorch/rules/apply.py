@@ -21,6 +21,7 @@ from .rules_report import RulesReport, TiedGroup
 from .hook_sites import Placer, add_hook
 from .tied import TiedQuantizer
 from .trace import Graph, trace_graph
+from ..errors import UsageError
 
 _TIED_FIELDS = ("num_bits", "axis", "unsigned", "narrow_range", "fake_quant", "learn_amax", "amax")
 Location = Tuple[nn.Module, str, str]  # (parent module, attribute, dotted path)
@@ -205,7 +206,7 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
     calibration into a fresh model. `verify` re-traces the result and reports anything left undone.
     """
     if not any(True for _ in named_quantizers(model)):
-        raise ValueError("apply_tensorrt_rules: the model has no TensorQuantizer; run quantize_model first")
+        raise UsageError("apply_tensorrt_rules: the model has no TensorQuantizer; run quantize_model first")
     report = RulesReport()
     _disable_float_modules(model, float_modules, report)
     weight_ids = weight_quantizer_ids(model)

@@ -18,6 +18,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..atomic import atomic_output
+from ..errors import UsageError
+
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_QDQ_OPSET = 19
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -25,7 +28,7 @@ _SHAPE_OPS = ("Shape", "Size")
 _FP16_MAX = 65504.0
 
 
-class Fp16ConversionError(ValueError):
+class Fp16ConversionError(UsageError):
     """The graph holds something this pass cannot type as float16; the message names the node."""
 
 
@@ -257,5 +260,6 @@ def float_regions_to_fp16(model: Union[str, Path, onnx.ModelProto], out_path: Un
         raise Fp16ConversionError(f"float_regions_to_fp16: the converted graph does not type-check: {exc}") from exc
     onnx.checker.check_model(converted)
     if out_path is not None:
-        onnx.save(converted, str(out_path))
+        with atomic_output(out_path) as tmp:
+            onnx.save(converted, str(tmp))
     return converted

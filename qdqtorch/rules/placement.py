@@ -7,6 +7,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .analysis import RESIDUAL_MODES
 from .apply import apply_tensorrt_rules
 from .rules_report import RulesReport
@@ -21,7 +22,7 @@ class TensorRTPlacement:
 
     def __post_init__(self) -> None:
         if self.residual not in RESIDUAL_MODES:
-            raise ValueError(f"TensorRTPlacement: residual must be one of {RESIDUAL_MODES}, got {self.residual!r}")
+            raise UsageError(f"TensorRTPlacement: residual must be one of {RESIDUAL_MODES}, got {self.residual!r}")
 
 
 # the one table from CLI / settings names to placement configs; "none" leaves the placement of quantize_model as is
@@ -38,7 +39,7 @@ def placement_from_name(name: Optional[str]) -> Optional[TensorRTPlacement]:
     if name is None:
         return None
     if name not in _BY_NAME:
-        raise ValueError(f"unknown placement {name!r}; use one of {PLACEMENTS}")
+        raise UsageError(f"unknown placement {name!r}; use one of {PLACEMENTS}")
     return _BY_NAME[name]
 
 
@@ -52,6 +53,6 @@ def apply_placement(model: nn.Module, placement: Optional[TensorRTPlacement],
         raise TypeError(f"apply_placement: expected a TensorRTPlacement or None, got {type(placement).__name__}; "
                         f"placement_from_name() maps the names {PLACEMENTS}")
     if example_input is None:
-        raise ValueError("apply_placement: TensorRT placement traces the model and needs example_input (any input "
+        raise UsageError("apply_placement: TensorRT placement traces the model and needs example_input (any input "
                          "batch the model accepts)")
     return apply_tensorrt_rules(model, example_input, residual=placement.residual)

@@ -12,10 +12,11 @@ from .distributed import all_reduce_calibrators, broadcast_amax, distributed_cal
 from .fingerprint import model_fingerprint
 from .jobs import MODES, parse_shard
 from .journal import FingerprintMismatch
+from .lock import SweepLockedError, sweep_lock
 from .metric import Metric, as_metric
 from .proxy import ProxyResult, proxy_markdown, proxy_pass
 from .result import build_result, spearman
-from .runner import SweepSettings, merge_outputs, run_sensitivity
+from .runner import SweepSettings, journal_name, merge_outputs, run_sensitivity
 from .schema import FORMAT, VERSION, check_result, comparable
 from .units import UNIT_KINDS, QuantizerSwitch, Unit, find_units
 
@@ -23,4 +24,4 @@ __all__ = ["run_sensitivity", "merge_outputs", "SweepSettings", "Metric", "as_me
            "QuantizerSwitch", "UNIT_KINDS", "MODES", "proxy_pass", "proxy_markdown", "ProxyResult",
            "select_within_budget", "parse_budget", "parse_shard", "all_reduce_calibrators", "broadcast_amax",
            "distributed_calibrate", "model_fingerprint", "FingerprintMismatch", "build_result", "spearman",
-           "check_result", "comparable", "FORMAT", "VERSION"]
+           "check_result", "comparable", "FORMAT", "VERSION", "journal_name", "sweep_lock", "SweepLockedError"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from ..errors import UsageError
+
 
 def parse_budget(text: str) -> Tuple[float, bool]:
     """'0.003' -> (0.003, absolute); '1%' -> (0.01, relative to the float metric)."""
@@ -12,10 +14,10 @@ def parse_budget(text: str) -> Tuple[float, bool]:
     try:
         value = float(raw[:-1] if relative else raw)
     except ValueError:
-        raise ValueError(f"--budget {text!r}: expected an absolute metric drop such as 0.003 or a relative one such "
+        raise UsageError(f"--budget {text!r}: expected an absolute metric drop such as 0.003 or a relative one such "
                          "as 1%") from None
     if value < 0:
-        raise ValueError(f"--budget {text!r}: must be >= 0")
+        raise UsageError(f"--budget {text!r}: must be >= 0")
     return (value / 100.0 if relative else value), relative
 
 
@@ -33,7 +35,7 @@ def select_within_budget(evaluate: Callable[[Sequence[str]], float], ranking: Se
     quantized. The final selection is evaluated once more by `verify` (default: `evaluate`) as the verification.
     """
     if candidates < 1:
-        raise ValueError(f"candidates must be >= 1, got {candidates}")
+        raise UsageError(f"candidates must be >= 1, got {candidates}")
     allowed = budget * abs(float_metric) if relative else budget
     sign = 1.0 if higher_is_better else -1.0
     target = float_metric - sign * allowed

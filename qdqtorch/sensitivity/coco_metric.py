@@ -7,6 +7,7 @@ from typing import Any, Optional
 from torch import nn
 
 from .metric import Metric
+from ..errors import UsageError
 
 COCO_KEYS = ("map50_95", "map50")
 
@@ -20,7 +21,7 @@ class CocoMetric(Metric):
                  batch_size: int = 16, conf_thres: float = 0.001, iou_thres: float = 0.65, max_det: int = 300,
                  data: Optional[str] = None) -> None:
         if key not in COCO_KEYS:
-            raise ValueError(f"COCO metric {key!r}: choose one of {COCO_KEYS}")
+            raise UsageError(f"COCO metric {key!r}: choose one of {COCO_KEYS}")
         self.eval_set, self.layout, self.key = eval_set, layout, key
         self.scorer_name = scorer
         self.predict_kwargs = dict(layout=layout, conf_thres=conf_thres, batch_size=batch_size, progress=False)

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from torch import nn
 
+from ..errors import UsageError
 from .metric import Metric
 
 FIDELITY_KEYS = ("map50_95", "map50")
@@ -19,7 +20,7 @@ class FidelityMetric(Metric):
     def __init__(self, reference: Any, key: str = "map50_95", *, batch_size: int = 16,
                  data: Optional[str] = None) -> None:
         if key not in FIDELITY_KEYS:
-            raise ValueError(f"fidelity metric {key!r}: choose one of {FIDELITY_KEYS}")
+            raise UsageError(f"fidelity metric {key!r}: choose one of {FIDELITY_KEYS}")
         self.reference, self.key, self.batch_size = reference, key, batch_size
         es = reference.eval_set
         files = hashlib.sha256("\n".join(str(p) for p in es.paths).encode()).hexdigest()
@@ -46,7 +47,7 @@ class FidelityMetric(Metric):
     def infer(self, model: nn.Module) -> Any:
         """The model's NMS candidates over the reference images (the part that needs the model)."""
         from ..eval.fidelity import fidelity_predictions
-        return fidelity_predictions(model, self.reference, batch_size=self.batch_size, outputs=False)[0]
+        return fidelity_predictions(model, self.reference, batch_size=self.batch_size)
 
     def detections(self, raw: Any) -> Any:
         """Suppressed detections of one inference (for the noise bootstrap)."""
@@ -67,3 +68,16 @@ class FidelityMetric(Metric):
 
     def __call__(self, model: nn.Module) -> float:
         return self.score(self.infer(model))
+
+
+def sweep_metric_name(requested: str, *, labelled: bool, mismatch: Optional[str]) -> str:
+    """The metric a sweep uses: `requested` ("map50_95", "map50", "fidelity" or "module:function"), except that COCO
+    mAP falls back to fidelity (with a warning) when the images have no labels or the model's classes are not the
+    dataset's: mAP differences would be noise."""
+    import warnings
+    if requested not in ("map50_95", "map50") or (labelled and mismatch is None):
+        return requested
+    why = "the evaluation images have no labels" if not labelled else "the model's classes are not the dataset's"
+    warnings.warn(f"--metric {requested}: {why}, so the sweep uses --metric fidelity (agreement with the float "
+                  f"model's own detections) instead", stacklevel=2)
+    return "fidelity"

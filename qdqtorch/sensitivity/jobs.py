@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Sequence, Set, Tuple
 
 from .units import Unit
+from ..errors import UsageError
 
 MODES = ("disable-one", "enable-one")
 FLOAT = "baseline/float"
@@ -40,7 +41,7 @@ def float_set_job(names: Iterable[str], order: Sequence[str], reuse_unit_keys: b
     chosen = set(names)
     ordered = tuple(n for n in order if n in chosen)
     if len(ordered) != len(chosen):
-        raise ValueError(f"unknown unit(s) {sorted(chosen - set(order))[:5]}")
+        raise UsageError(f"unknown unit(s) {sorted(chosen - set(order))[:5]}")
     if not ordered:
         return Job(QUANTIZED, "baseline")
     if len(ordered) == 1 and reuse_unit_keys:
@@ -51,7 +52,7 @@ def float_set_job(names: Iterable[str], order: Sequence[str], reuse_unit_keys: b
 def enabled_quantizers(job: Job, units: Dict[str, Unit], mode: str) -> Set[str]:
     """The swept quantizers that are on while evaluating `job`."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+        raise UsageError(f"unknown mode {mode!r}; choose one of {MODES}")
     everything = {q for u in units.values() for q in u.quantizers}
     if job.key == FLOAT:
         return set()
@@ -66,7 +67,7 @@ def enabled_quantizers(job: Job, units: Dict[str, Unit], mode: str) -> Set[str]:
 def shard_of(jobs: Sequence[Job], index: int, count: int) -> List[Job]:
     """Round-robin share `index` (0-based) of `count` (baselines go to the first shards)."""
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {index}/{count}: need 0 <= K < N (shards are numbered from 0, like Slurm array "
+        raise UsageError(f"shard {index}/{count}: need 0 <= K < N (shards are numbered from 0, like Slurm array "
                          "task ids and torchrun ranks)")
     return [job for i, job in enumerate(jobs) if i % count == index]
 
@@ -76,6 +77,6 @@ def parse_shard(text: str) -> Tuple[int, int]:
     try:
         k, n = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 0/4 (shards are numbered 0..N-1)") from None
+        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 0/4 (shards are numbered 0..N-1)") from None
     shard_of([], k, n)  # validates
     return k, n

@@ -12,11 +12,13 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..errors import OutputError, QdqtorchError, UsageError
+
 FORMAT = "qdqtorch.sensitivity.journal"
 VERSION = 1
 
 
-class FingerprintMismatch(RuntimeError):
+class FingerprintMismatch(QdqtorchError, RuntimeError):
     """Saved results were computed for another model, data or settings."""
 
 
@@ -34,7 +36,7 @@ def _read_lines(path: Path) -> Tuple[List[dict], int]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON; the journal is damaged (only the last line "
+            raise UsageError(f"{path}: line {i + 1} is not valid JSON; the journal is damaged (only the last line "
                              "can be torn by a crash). Delete the file to recompute its entries.") from None
         good += len(line) + 1
     return records, good
@@ -47,9 +49,9 @@ def read_journal(path: Path) -> Tuple[Optional[dict], Dict[str, dict]]:
         return None, {}
     header = records[0]
     if header.get("type") != "header" or header.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a qdqtorch sensitivity journal (first line is no {FORMAT} header)")
+        raise UsageError(f"{path}: not a qdqtorch sensitivity journal (first line is no {FORMAT} header)")
     if header.get("version") != VERSION:
-        raise ValueError(f"{path}: journal version {header.get('version')} is not supported (expected {VERSION})")
+        raise UsageError(f"{path}: journal version {header.get('version')} is not supported (expected {VERSION})")
     results = {}
     for rec in records[1:]:
         if rec.get("type") == "result":
@@ -106,12 +108,15 @@ class Journal:
 
     def _write(self, record: dict) -> None:
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise OutputError(f"cannot append to the sweep journal {self.path}: {exc.strerror or exc}") from exc
 
     def append(self, key: str, metric: float, time_s: float) -> dict:
         """Persist one finished evaluation."""

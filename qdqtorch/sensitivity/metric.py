@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
+from ..errors import UsageError
 from ..user_code import import_callable
 
 
@@ -59,6 +60,6 @@ def check_value(value: Any, metric: Metric, job: str) -> float:
         raise TypeError(f"metric {metric.name!r} returned {type(value).__name__} for {job}; it must return a float") \
             from None
     if not math.isfinite(value):
-        raise ValueError(f"metric {metric.name!r} returned {value} for {job}; the quantized model may produce "
+        raise UsageError(f"metric {metric.name!r} returned {value} for {job}; the quantized model may produce "
                          "NaN/Inf (check its calibration) or the metric cannot handle this output")
     return value

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..nn import TensorQuantizer
 from ._nested import clone_nested
+from ..errors import UsageError
 
 
 def default_limit_bytes(device: torch.device) -> int:
@@ -82,7 +83,7 @@ def container_of(model: nn.Module, block_names: Sequence[str]) -> Tuple[str, nn.
     """The module whose children are the blocks (their common parent)."""
     parents = {name.rsplit(".", 1)[0] if "." in name else "" for name in block_names}
     if len(parents) != 1:
-        raise ValueError(f"blocks {list(block_names)[:3]}... have different parents {sorted(parents)[:3]}")
+        raise UsageError(f"blocks {list(block_names)[:3]}... have different parents {sorted(parents)[:3]}")
     parent = parents.pop()
     return parent, (model.get_submodule(parent) if parent else model)
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..quantize import run_batch
 from .units import QuantizerSwitch, Unit, owner_of
 from ._nested import clone_nested
+from ..errors import UsageError
 
 HIST_BINS = 12
 _SAMPLES_PER_CALL = 4096
@@ -59,7 +60,7 @@ class ErrorStats:
     def add(self, f: torch.Tensor, q: torch.Tensor) -> None:
         """Fold one (float, quantized) pair of flattened outputs in (sums accumulated in float64)."""
         if f.shape != q.shape:
-            raise ValueError(f"float and quantized outputs differ in size ({f.numel()} vs {q.numel()})")
+            raise UsageError(f"float and quantized outputs differ in size ({f.numel()} vs {q.numel()})")
         d = torch.float64
         self.signal += float((f * f).sum(dtype=d))
         self.noise += float(((q - f) ** 2).sum(dtype=d))
@@ -172,7 +173,7 @@ def proxy_pass(model: nn.Module, batches: Iterable, units: Sequence[Unit], *,
     layers = list(dict.fromkeys(owner_of(q) for u in units for q in u.quantizers))
     missing = [name for name in layers if name not in modules]
     if missing:
-        raise ValueError(f"proxy pass: layers not found in the model: {missing[:5]}")
+        raise UsageError(f"proxy pass: layers not found in the model: {missing[:5]}")
     if device is None:
         device = next(iter(model.parameters()), torch.zeros(())).device
     probes, unit_probes = _probes(units)
@@ -225,7 +226,7 @@ def proxy_pass(model: nn.Module, batches: Iterable, units: Sequence[Unit], *,
         switch.restore()
         model.train(was_training)
     if count == 0:
-        raise ValueError("proxy pass: the data yielded no batch")
+        raise UsageError("proxy pass: the data yielded no batch")
     single_rows = {key: s.row() for key, s in single_stats.items()}
     unit_scores = {u: min(single_rows[k]["snr_db"] for k in keys) for u, keys in unit_probes.items()}
     return ProxyResult(layers={name: type(modules[name]).__name__ for name in layers},

@@ -9,6 +9,7 @@ from .jobs import FLOAT, QUANTIZED
 from .noise import NO_SIGNIFICANT, is_significant, noise_summary, spearman_meaning
 from .schema import FORMAT, VERSION
 from .units import Unit
+from ..errors import UsageError
 
 
 def average_ranks(values: Sequence[float]) -> List[float]:
@@ -29,7 +30,7 @@ def average_ranks(values: Sequence[float]) -> List[float]:
 def spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     """Spearman rank correlation (Pearson of average ranks); None with fewer than 3 pairs or a constant side."""
     if len(a) != len(b):
-        raise ValueError("spearman: sequences differ in length")
+        raise UsageError("spearman: sequences differ in length")
     if len(a) < 3:
         return None
     ra, rb = average_ranks(a), average_ranks(b)
@@ -63,7 +64,7 @@ def recommended_config(base: Optional[dict], regexes: Sequence[str]) -> Optional
     if base is None:
         return None
     if base.get("kind") not in ("ptq", "quant"):
-        raise ValueError(f"unknown base config kind {base.get('kind')!r}")
+        raise UsageError(f"unknown base config kind {base.get('kind')!r}")
     config = dict(base["data"])
     ignore = config.get("ignore") or []
     if isinstance(ignore, str):

@@ -2,6 +2,7 @@
 shardable and torchrun-aware; merge_outputs: combine shard folders."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -16,16 +17,18 @@ from .budget import parse_budget, select_within_budget
 from .fingerprint import json_fingerprint, model_fingerprint
 from .jobs import (FLOAT, MODES, QUANTIZED, Job, baseline_jobs, enabled_quantizers, float_set_job, shard_of,
                    unit_jobs)
+from .lock import sweep_lock
 from .journal import FingerprintMismatch, Journal, discard, journal_paths, load_results, read_journal
 from .metric import Metric, as_metric, check_value
 from .noise import NOISE_KEY, estimate_noise
 from .proxy import proxy_markdown, proxy_pass
 from ..host_memory import reuse_freed_memory
-from ..quantize import atomic_write_text
+from ..atomic import atomic_write_text
 from .sweep_report import write_outputs
 from .result import build_result
 from .sweep import Evaluator
 from .units import Unit, find_units
+from ..errors import UsageError
 
 
 @dataclass
@@ -51,16 +54,16 @@ class SweepSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r}: choose one of {MODES}")
+            raise UsageError(f"mode {self.mode!r}: choose one of {MODES}")
         if self.reference not in (None, "float", "quantized"):
-            raise ValueError(f"reference {self.reference!r}: choose 'float' or 'quantized'")
+            raise UsageError(f"reference {self.reference!r}: choose 'float' or 'quantized'")
         if self.prefilter is not None and self.prefilter < 1:
-            raise ValueError(f"prefilter must be >= 1, got {self.prefilter}")
+            raise UsageError(f"prefilter must be >= 1, got {self.prefilter}")
         if self.budget is not None:
             self.budget = str(self.budget)
             parse_budget(self.budget)
             if self.shard is not None and self.shard[1] > 1:
-                raise ValueError("--budget needs every unit's result: run the shards without it, merge them, then "
+                raise UsageError("--budget needs every unit's result: run the shards without it, merge them, then "
                                  "rerun the same command with --budget in the merged folder")
 
 
@@ -71,7 +74,8 @@ def _identity(model: nn.Module, metric: Metric, units: Sequence[Unit], settings:
             "units": [[u.name, list(u.quantizers)] for u in units]}
 
 
-def _journal_name(shard: Optional[Tuple[int, int]], rank: int, world: int) -> str:
+def journal_name(shard: Optional[Tuple[int, int]] = None, rank: int = 0, world: int = 1) -> str:
+    """The journal a sweep (or one shard / torchrun rank of it) appends to; its lock is taken on that name."""
     if world > 1:
         return f"journal.rank-{rank}-of-{world}.jsonl"
     if shard is not None and shard[1] > 1:
@@ -99,11 +103,23 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
     Runs under `reuse_freed_memory` (the repeated evaluations reuse host memory instead of page-faulting).
     """
     settings = settings or SweepSettings()
-    metric = as_metric(metric)
     rank, world = D.rank_and_world()
     if world > 1 and settings.shard is not None and settings.shard[1] > 1:
-        raise ValueError("use either --shard or torchrun, not both")
-    out_dir = Path(out_dir)
+        raise UsageError("use either --shard or torchrun, not both")
+    with sweep_lock(out_dir, journal_name(settings.shard, rank, world)):
+        return _run_locked(model, metric, Path(out_dir), settings, rank, world, proxy_data=proxy_data,
+                           proxy_preprocess=proxy_preprocess, base_config=base_config, model_info=model_info,
+                           extra_settings=extra_settings, verify_factory=verify_factory, fresh=fresh,
+                           progress=progress)
+
+
+def _run_locked(model: nn.Module, metric: Union[Metric, Callable[[nn.Module], float], str], out_dir: Path,
+                settings: SweepSettings, rank: int, world: int, *, proxy_data: Optional[Iterable],
+                proxy_preprocess: Optional[Callable], base_config: Optional[dict], model_info: Optional[dict],
+                extra_settings: Optional[dict], verify_factory: Optional[Callable[[List[Unit]], nn.Module]],
+                fresh: bool, progress: bool) -> Optional[dict]:
+    """run_sensitivity's body, under the output folder's sweep lock."""
+    metric = as_metric(metric)
     started = time.perf_counter()
     model.eval()
     units = find_units(model, settings.unit, settings.block_depth)
@@ -121,7 +137,7 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out_dir / "sensitivity_proxy.md", proxy_markdown(proxy))
     elif settings.prefilter is not None:
-        raise ValueError("--prefilter needs the proxy pass: give proxy data (--proxy-images > 0)")
+        raise UsageError("--prefilter needs the proxy pass: give proxy data (--proxy-images > 0)")
     selected = units
     if settings.prefilter is not None and proxy is not None:
         worst = set(proxy.ranking[:settings.prefilter])
@@ -135,7 +151,7 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
             "base_config": base_config, "proxy": None if proxy is None else proxy.to_dict()}
     meta["settings"]["shard"] = None if settings.shard is None else list(settings.shard)
     _, cached = load_results(out_dir, fingerprint) if out_dir.exists() else (None, {})
-    journal = Journal(out_dir / _journal_name(settings.shard, rank, world), fingerprint, meta)
+    journal = Journal(out_dir / journal_name(settings.shard, rank, world), fingerprint, meta)
     evaluator = Evaluator(model, metric, units, settings.mode, journal, cached, prefix_reuse=settings.prefix_reuse,
                           cache_limit_bytes=None if settings.cache_mib is None else int(settings.cache_mib * 2**20))
     jobs = baseline_jobs() + unit_jobs(selected)
@@ -145,6 +161,9 @@ def run_sensitivity(model: nn.Module, metric: Union[Metric, Callable[[nn.Module]
     elif settings.shard is not None:
         mine = shard_of(jobs, *settings.shard)
     done_before = sum(j.key in cached for j in mine)
+    if done_before and rank == 0:
+        print(f"resuming: {done_before} of {len(mine)} evaluations already done (journal in {out_dir}); "
+              f"{len(mine) - done_before} to go", file=sys.stderr)
     label = f"sensitivity [{settings.mode}, {settings.unit}]" + (f" rank {rank}/{world}" if world > 1 else "") + \
         (f" shard {settings.shard[0]}/{settings.shard[1]}" if settings.shard else "")
     evaluator.run(mine, progress=progress, desc=label, overlap=settings.overlap)
@@ -194,7 +213,7 @@ def _run_budget(evaluator: "Evaluator", units: Sequence[Unit], records: Dict[str
                 verify_factory: Optional[Callable[[List[Unit]], nn.Module]], progress: bool) -> dict:
     """Greedy keep-float search over the sweep's ranking, each step journaled, then a fresh verification."""
     if FLOAT not in records or QUANTIZED not in records:
-        raise ValueError("the accuracy budget needs both baselines; merge all shards first")
+        raise UsageError("the accuracy budget needs both baselines; merge all shards first")
     value, relative = parse_budget(settings.budget)
     order = [u.name for u in units]
     by_name = {u.name: u for u in units}
@@ -268,7 +287,7 @@ def merge_outputs(inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path],
         for key, rec in recs.items():
             records.setdefault(key, rec)
     if header is None:
-        raise ValueError("merge: the journals hold no header; nothing to merge")
+        raise UsageError("merge: the journals hold no header; nothing to merge")
     meta = {**header["meta"], "settings": {**header["meta"]["settings"], "shard": None}}
     if out_dir.resolve() not in {f.parent.resolve() for f in files}:
         journal = Journal(out_dir / "journal.merged.jsonl", header["fingerprint"], meta)

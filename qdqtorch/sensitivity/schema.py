@@ -44,6 +44,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ..errors import UsageError
+
 FORMAT = "qdqtorch.sensitivity"
 VERSION = 1
 VOLATILE_KEYS = ("time_s", "timing", "created", "config_file", "output_dir", "out")
@@ -52,12 +54,12 @@ VOLATILE_KEYS = ("time_s", "timing", "created", "config_file", "output_dir", "ou
 def check_result(data: Any, where: str = "sensitivity.json") -> dict:
     """Validate the format/version header of a loaded result; returns it."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{where}: not a qdqtorch sensitivity result (no format: {FORMAT})")
+        raise UsageError(f"{where}: not a qdqtorch sensitivity result (no format: {FORMAT})")
     if data.get("version") != VERSION:
-        raise ValueError(f"{where}: version {data.get('version')} not supported by this qdqtorch (reads {VERSION})")
+        raise UsageError(f"{where}: version {data.get('version')} not supported by this qdqtorch (reads {VERSION})")
     for key in ("settings", "baselines", "entries"):
         if key not in data:
-            raise ValueError(f"{where}: missing required field {key!r}")
+            raise UsageError(f"{where}: missing required field {key!r}")
     return data
 
 

@@ -8,6 +8,7 @@ file is a PTQ config that reproduces the sweep's model. `model`, `calib_data` an
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +16,18 @@ from typing import Any, Callable, List, Optional
 
 from torch import nn
 
+from ..errors import UsageError
 from ..ptq import (PTQSettings, Prepared, calibrate, calibration_data, calibration_kwargs, load_float, prepare,
                    quantize, samples_in)
+from ..ptq.checks import check_settings
 from ..quantize import load_calibration, save_calibration
 from ..user_code import import_callable, is_callable_spec
 from . import distributed as D
 from .coco_metric import COCO_KEYS, CocoMetric
 from .fingerprint import json_fingerprint
+from .lock import sweep_lock
 from .metric import Metric
-from .runner import SweepSettings, run_sensitivity
+from .runner import SweepSettings, journal_name, run_sensitivity
 from .units import Unit
 
 CALIBRATION_KEYS = ("model", "repo", "fold_bn", "calib_data", "calib_split", "num_calib", "batch", "imgsz",
@@ -130,7 +134,7 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
     out_dir.mkdir(parents=True, exist_ok=True)
     coco = metric in COCO_KEYS
     if coco and is_callable_spec(settings.model):
-        raise ValueError(f"--metric {metric} needs a YOLO detector checkpoint; for a '--model module:function' "
+        raise UsageError(f"--metric {metric} needs a YOLO detector checkpoint; for a '--model module:function' "
                          "model pass --metric module:function")
     prep = prepare(settings, with_eval_set=coco, progress=progress and rank == 0)
     if coco:
@@ -168,11 +172,14 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
 
 def run_session(settings: SensitivitySettings) -> Optional[dict]:
     """A whole command-line sweep: build the session (calibrating or loading), then run the sweep on it."""
-    rank, _ = D.rank_and_world()
+    rank, world = D.rank_and_world()
     out = Path(settings.out)
-    session = build_session(settings.ptq, out, metric=settings.metric, proxy_images=settings.proxy_images,
-                            calibration=settings.calibration, calib_distributed=settings.calib_distributed,
-                            higher_is_better=settings.higher_is_better, progress=settings.progress)
-    if rank == 0 and settings.progress:
-        print(f"calibration: {session.calibration_note}", file=sys.stderr)
-    return session.run(out, settings.sweep, fresh=settings.fresh, progress=settings.progress)
+    check_settings(dataclasses.replace(settings.ptq, out=str(out), export=False, ort_eval=False))
+    # before the calibration: a second sweep on this --out is refused in a second, not after minutes
+    with sweep_lock(out, journal_name(settings.sweep.shard, rank, world)):
+        session = build_session(settings.ptq, out, metric=settings.metric, proxy_images=settings.proxy_images,
+                                calibration=settings.calibration, calib_distributed=settings.calib_distributed,
+                                higher_is_better=settings.higher_is_better, progress=settings.progress)
+        if rank == 0 and settings.progress:
+            print(f"calibration: {session.calibration_note}", file=sys.stderr)
+        return session.run(out, settings.sweep, fresh=settings.fresh, progress=settings.progress)

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ..atomic import atomic_output, atomic_write_text
 from ..optional import require
-from ..quantize import atomic_write_text
 from .noise import spearman_meaning
 
 
@@ -113,7 +113,8 @@ def bar_chart(result: dict, path: Path, topk: int = 40) -> Path:
                      f"{_fmt(base.get('float', {}).get('metric'))}, quantized "
                      f"{_fmt(base.get('quantized', {}).get('metric'))}", fontsize=9)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
     return path

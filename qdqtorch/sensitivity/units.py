@@ -9,6 +9,7 @@ from torch import nn
 
 from ..nn import TensorQuantizer
 from ..quantize import named_quantizers
+from ..errors import UsageError
 
 UNIT_KINDS = ("quantizer", "layer", "block")
 
@@ -64,14 +65,14 @@ def find_units(model: nn.Module, unit: str = "layer", block_depth: Optional[int]
     that gives more than one block, `model.{i}` for YOLOv5).
     """
     if unit not in UNIT_KINDS:
-        raise ValueError(f"unknown unit {unit!r}; choose one of {UNIT_KINDS}")
+        raise UsageError(f"unknown unit {unit!r}; choose one of {UNIT_KINDS}")
     enabled = [(n, q) for n, q in named_quantizers(model) if q.is_enabled]
     if not enabled:
-        raise ValueError("the model has no enabled quantizer to sweep: quantize it first (qdqtorch.quantize_model) "
+        raise UsageError("the model has no enabled quantizer to sweep: quantize it first (qdqtorch.quantize_model) "
                          "and check that the config does not ignore every layer")
     uncalibrated = [n for n, q in enabled if q.amax is None]
     if uncalibrated:
-        raise ValueError(f"{len(uncalibrated)} enabled quantizer(s) have no amax, e.g. {uncalibrated[:3]}: calibrate "
+        raise UsageError(f"{len(uncalibrated)} enabled quantizer(s) have no amax, e.g. {uncalibrated[:3]}: calibrate "
                          "the model (qdqtorch.calibrate) or load a calibration before the sensitivity sweep")
     if unit == "quantizer":
         return [Unit(n, "quantizer", (n,), (owner_of(n),)) for n, _ in enabled]
@@ -82,7 +83,7 @@ def find_units(model: nn.Module, unit: str = "layer", block_depth: Optional[int]
         return [Unit(layer, "layer", tuple(qs), (layer,)) for layer, qs in groups.items()]
     depth = block_depth if block_depth is not None else auto_block_depth(list(groups))
     if depth < 1:
-        raise ValueError(f"block depth must be >= 1, got {depth}")
+        raise UsageError(f"block depth must be >= 1, got {depth}")
     blocks: Dict[str, Tuple[List[str], List[str]]] = {}
     for layer, qs in groups.items():
         prefix = ".".join(layer.split(".")[:depth])
@@ -103,7 +104,7 @@ class QuantizerSwitch:
         self._quantizers: Dict[str, TensorQuantizer] = {n: q for n, q in named_quantizers(model) if n in wanted}
         missing = sorted(wanted - set(self._quantizers))
         if missing:
-            raise ValueError(f"units name quantizers the model does not have: {missing[:5]}")
+            raise UsageError(f"units name quantizers the model does not have: {missing[:5]}")
         self._saved = {n: q.snapshot() for n, q in self._quantizers.items()}
 
     @property
@@ -116,7 +117,7 @@ class QuantizerSwitch:
         on = set(enabled)
         unknown = on - set(self._quantizers)
         if unknown:
-            raise ValueError(f"not swept quantizer(s): {sorted(unknown)[:5]}")
+            raise UsageError(f"not swept quantizer(s): {sorted(unknown)[:5]}")
         for name, q in self._quantizers.items():
             q.set_mode(enabled=name in on)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Sequence
 
-from .graph import WEIGHTED_OPS, GraphIndex
 from .findings import ERROR, WARNING, QdqReport
+from .graph import TRIVIAL_OPS, WEIGHTED_OPS, GraphIndex
 
 # Pointwise ops between a Conv and a residual Add that TensorRT can fuse into the Conv (activation, BN, SiLU's Mul).
 _POINTWISE = frozenset({
@@ -64,6 +64,9 @@ def _comes_from_conv(g: GraphIndex, tensor: str) -> bool:
     return False
 
 
+_THROUGH_SLICES = TRIVIAL_OPS | {"Split", "Slice"}
+
+
 def _check_residual_adds(g: GraphIndex, report: QdqReport) -> None:
     for node in g.nodes:
         if node.op_type != "Add" or len(node.input) != 2:
@@ -73,7 +76,9 @@ def _check_residual_adds(g: GraphIndex, report: QdqReport) -> None:
             continue  # bias-like add, not a residual
         if not (_comes_from_conv(g, a) or _comes_from_conv(g, b)):
             continue
-        if g.dq_producer(a) is None and g.dq_producer(b) is None:
+        # a shortcut that is a Split/Slice of a tensor already quantized (C2f/C3k2 chunks feeding a Concat) is
+        # quantized too: TensorRT moves the DequantizeLinear past the slice
+        if g.dq_producer(a, _THROUGH_SLICES) is None and g.dq_producer(b, _THROUGH_SLICES) is None:
             report.add("residual-add-unquantized", WARNING, g.name(node), f"{a}, {b}",
                        "residual Add after a Conv has no quantized (DequantizeLinear) input: TensorRT runs it as a "
                        "separate higher-precision layer (rules='tensorrt' keeps shortcuts float on purpose, for "

@@ -10,6 +10,8 @@ import onnx
 import onnx.inliner
 from onnx import numpy_helper
 
+from ...errors import UsageError
+
 # Ops that move or re-view a tensor without changing its values; a weight or activation may reach its
 # weighted op through them and still count as coming from a DequantizeLinear.
 TRIVIAL_OPS = frozenset({"Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Cast"})
@@ -29,7 +31,7 @@ def load_onnx_graph(path_or_model: str | Path | onnx.ModelProto) -> tuple[onnx.M
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError / OSError variants; all mean "not a readable model"
-        raise ValueError(f"{path} is not a readable ONNX model: {exc}") from exc
+        raise UsageError(f"{path} is not a readable ONNX model: {exc}") from exc
     return model, str(path)
 
 
