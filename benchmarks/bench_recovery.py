@@ -33,7 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rules", nargs="+", default=["tensorrt", "tensorrt-int8-residual"])
     p.add_argument("--methods", nargs="+", default=["none", "adaround"],
                    help="none, or a recovery method (adaround, gptq, nearest = bias correction only; ranges = "
-                        "activation amax fitted to the outputs; w+ranges = both, e.g. adaround+ranges)")
+                        "activation amax fitted to the outputs; w+ranges = both, e.g. adaround+ranges; block = block "
+                        "reconstruction, weight rounding and activation ranges per block with QDrop)")
+    p.add_argument("--block-iters", type=int, default=300, help="steps per block of --methods block")
     p.add_argument("--calib-methods", nargs="+", default=["mse"],
                    help="activation calibration methods: max, entropy, mse, percentile or percentile:<value> "
                         "(e.g. percentile:99.999); each calibrates its own copy of the quantized model")
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> list:
     from qdqtorch.host_memory import reuse_freed_memory
     from qdqtorch.models import PredictionOnly, load_model
     from qdqtorch.recovery import recover_weights, refine_ranges
+    from qdqtorch.recovery.blocks import reconstruct_blocks
     from qdqtorch.rules import apply_placement, placement_from_name
 
     rows = []
@@ -88,7 +91,10 @@ def run(args: argparse.Namespace) -> list:
                         t0 = time.perf_counter()
                         weights, _, ranges = method.partition("+")
                         data = calibration_loader(args.data, pp, batch_size=16, num_images=args.recover_images)
-                        if weights != "ranges":
+                        if weights == "block":
+                            print(reconstruct_blocks(candidate, data, num_images=args.recover_images,
+                                                     iters=args.block_iters, progress=False))
+                        elif weights != "ranges":
                             recover_weights(candidate, data, method=weights, num_images=args.recover_images,
                                             progress=False)
                         if "ranges" in (weights, ranges):

@@ -305,3 +305,103 @@ def test_export_reproduces_the_refined_ranges(tmp_path):
     load_calibration(fresh, tmp_path / "calibration.json")
     with torch.no_grad():
         assert torch.equal(fresh(data), model(data))
+
+
+# ---- reconstruct_blocks: weight rounding and activation ranges fitted per block (QDrop) ---------------------------
+
+def _blocks(config: dict, rules: bool = True, seed: int = 2) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """Three blocks: conv-ReLU-conv-ReLU, two branches into a Concat (tied under the rules), a 1x1 head."""
+    def make() -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1),
+                                           nn.ReLU()), _Branches(), nn.Conv2d(5, 3, 1)).eval()
+    model, float_model = make(), make()
+    torch.manual_seed(seed)
+    data = nn.functional.avg_pool2d(torch.randn(16, 4, 14, 14), 3, 1) * torch.linspace(0.5, 2.0, 4).view(1, 4, 1, 1)
+    quantize_model(model, QuantConfig.from_dict(config))
+    if rules:
+        apply_placement(model, TensorRTPlacement(), data[:1])
+    calibrate(model, [data], method="mse", progress=False)
+    return model, float_model, data
+
+
+def test_block_reconstruction_lowers_the_block_output_error_below_nearest_and_stays_tied():
+    from qdqtorch.recovery.blocks import reconstruct_blocks
+    from qdqtorch.rules import TiedQuantizer
+    model, float_model, data = _blocks({**COARSE, "input": {"num_bits": 16}})   # the error is the rounding's
+    tied = [q for _, q in named_quantizers(model) if isinstance(q, TiedQuantizer)]
+    assert tied, "the placement should tie the Concat inputs"
+
+    def first_block_error() -> float:   # block 0 sees the same images in both models: checked directly
+        with torch.no_grad():
+            q, f = model[0](data).double(), float_model[0](data).double()
+        return float((q - f).pow(2).sum() / f.pow(2).sum())
+    before = first_block_error()
+    report = reconstruct_blocks(model, [data], num_images=16, iters=150, batch_size=8, progress=False)
+    assert [b.name for b in report.blocks] == ["0", "1", "2"]
+    assert all(b.error_after <= b.error_before for b in report.blocks)
+    assert report.blocks[0].kept and first_block_error() < 0.9 * before, (before, first_block_error())
+    # the tied quantizer is still one object on several sites
+    sites = [m for m in model.modules() for v in m.children() if v is tied[0]]
+    assert len(sites) >= 2, sites
+    # kept blocks' weights lie on the grid of the calibrated weight amax: re-quantizing is the identity
+    for b in report.blocks:
+        for m in model[int(b.name)].modules():
+            if b.kept and hasattr(m, "_weight_quantizer"):
+                assert torch.allclose(m._weight_quantizer(m.weight), m.weight, atol=1e-6), b.name
+
+
+def test_block_reconstruction_respects_ignore_and_restores_on_interrupt(monkeypatch):
+    from qdqtorch.recovery import RecoveryError
+    from qdqtorch.recovery import blocks as blk
+    model, _, data = _blocks({**COARSE, "ignore": [r"^2$"]}, rules=False)
+    assert not hasattr(model[2], "_weight_quantizer")     # ignored: left a float Conv2d
+    model[1].a._input_quantizer.disable()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real = blk._output_error
+    calls = []
+
+    def boom(*args):
+        calls.append(1)
+        if len(calls) == 160:      # inside the second block, after the first was hardened
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(blk, "_output_error", boom)
+    with pytest.raises(KeyboardInterrupt):
+        blk.reconstruct_blocks(model, [data], num_images=16, iters=100, progress=False)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    monkeypatch.setattr(blk, "_output_error", real)
+    report = blk.reconstruct_blocks(model, [data], num_images=16, iters=30, progress=False)
+    assert [b.name for b in report.blocks] == ["0", "1"]          # the ignored head has nothing to learn
+    assert not model[1].a._input_quantizer.is_enabled
+    assert torch.equal(model[1].a._input_quantizer.amax, before["1.a._input_quantizer._amax"])
+    assert torch.equal(model[2].weight, before["2.weight"])
+    fresh = nn.Sequential(nn.Conv2d(3, 4, 3))
+    quantize_model(fresh)
+    with pytest.raises(RecoveryError, match="calibrate"):
+        blk.reconstruct_blocks(fresh, [torch.randn(2, 3, 8, 8)], progress=False)
+
+
+def test_export_and_calibration_reproduce_the_reconstructed_blocks(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from qdqtorch.export import export_onnx
+    from qdqtorch.export.runtime import OnnxRuntimeModule
+    from qdqtorch.quantize import load_calibration, save_calibration
+    from qdqtorch.recovery.blocks import reconstruct_blocks
+    model, _, data = _blocks({})   # 8-bit: ONNX Q/DQ
+    report = reconstruct_blocks(model, [data], num_images=16, iters=60, progress=False)
+    assert any(b.kept for b in report.blocks)
+    path = export_onnx(model, data[:1], tmp_path / "blocks.onnx")
+    with torch.no_grad():
+        fake = model(data[:4])
+    ort = OnnxRuntimeModule(path)(data[:4])
+    step = float(model[2]._input_quantizer.amax) / 127 * float(model[2].weight.detach().abs().max()) * 5
+    assert torch.allclose(ort, fake, atol=max(step, 1e-4)), float((ort - fake).abs().max())
+    # weights are saved with the model, activation amax in calibration.json: both together reproduce it
+    save_calibration(model, tmp_path / "calibration.json")
+    fresh, _, _ = _blocks({})
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith("_amax")}, strict=False)
+    load_calibration(fresh, tmp_path / "calibration.json")
+    with torch.no_grad():
+        assert torch.equal(fresh(data), model(data))
