@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["none", "adaround"],
                    help="none, or a recovery method (adaround, gptq, nearest = bias correction only; ranges = "
                         "activation amax fitted to the outputs; w+ranges = both, e.g. adaround+ranges; block = block "
-                        "reconstruction, weight rounding and activation ranges per block with QDrop)")
+                        "reconstruction, weight rounding and activation ranges per block with QDrop; "
+                        "block:drop=0,learn_ranges=0 passes options)")
     p.add_argument("--block-iters", type=int, default=300, help="steps per block of --methods block")
     p.add_argument("--calib-methods", nargs="+", default=["mse"],
                    help="activation calibration methods: max, entropy, mse, percentile or percentile:<value> "
@@ -91,9 +92,13 @@ def run(args: argparse.Namespace) -> list:
                         t0 = time.perf_counter()
                         weights, _, ranges = method.partition("+")
                         data = calibration_loader(args.data, pp, batch_size=16, num_images=args.recover_images)
-                        if weights == "block":
+                        if weights.startswith("block"):   # block, or block:key=value,... (reconstruct_blocks)
+                            options = {k: float(v) for k, _, v in (o.partition("=") for o in
+                                                                   weights.partition(":")[2].split(",") if o)}
+                            if "learn_ranges" in options:
+                                options["learn_ranges"] = bool(options["learn_ranges"])
                             print(reconstruct_blocks(candidate, data, num_images=args.recover_images,
-                                                     iters=args.block_iters, progress=False))
+                                                     iters=args.block_iters, progress=False, **options))
                         elif weights != "ranges":
                             recover_weights(candidate, data, method=weights, num_images=args.recover_images,
                                             progress=False)
