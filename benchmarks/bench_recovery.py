@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 import tempfile
@@ -31,7 +32,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=str(SHARED / "data/coco128/coco128.yaml"))
     p.add_argument("--rules", nargs="+", default=["tensorrt", "tensorrt-int8-residual"])
     p.add_argument("--methods", nargs="+", default=["none", "adaround"],
-                   help="none, or a recovery method (adaround, gptq, nearest = bias correction only)")
+                   help="none, or a recovery method (adaround, gptq, nearest = bias correction only; ranges = "
+                        "activation amax fitted to the outputs; w+ranges = both, e.g. adaround+ranges; block = block "
+                        "reconstruction, weight rounding and activation ranges per block with QDrop; "
+                        "block:drop=0,learn_ranges=0 passes options)")
+    p.add_argument("--block-iters", type=int, default=300, help="steps per block of --methods block")
+    p.add_argument("--calib-methods", nargs="+", default=["mse"],
+                   help="activation calibration methods: max, entropy, mse, percentile or percentile:<value> "
+                        "(e.g. percentile:99.999); each calibrates its own copy of the quantized model")
     p.add_argument("--num-calib", type=int, default=128)
     p.add_argument("--num-eval", type=int, default=None)
     p.add_argument("--imgsz", type=int, default=640)
@@ -49,7 +57,8 @@ def run(args: argparse.Namespace) -> list:
     from qdqtorch.export.runtime import OnnxRuntimeModule
     from qdqtorch.host_memory import reuse_freed_memory
     from qdqtorch.models import PredictionOnly, load_model
-    from qdqtorch.recovery import recover_weights
+    from qdqtorch.recovery import recover_weights, refine_ranges
+    from qdqtorch.recovery.blocks import reconstruct_blocks
     from qdqtorch.rules import apply_placement, placement_from_name
 
     rows = []
@@ -67,20 +76,34 @@ def run(args: argparse.Namespace) -> list:
             rows.append(row0)
             print(row0, flush=True)
             sample = next(eval_set.batches(1))[1]
-            for rules in args.rules:
+            for rules, calib in itertools.product(args.rules, args.calib_methods):
                 model = copy.deepcopy(loaded.model)
                 quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
                 apply_placement(model, placement_from_name(rules), sample)
+                calib_method, _, value = calib.partition(":")
+                calib_kwargs = {"percentile": float(value)} if value else {}
                 calibrate(model, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib),
-                          method="mse", progress=False)
+                          method=calib_method, progress=False, **calib_kwargs)
                 for method in args.methods:
                     candidate = copy.deepcopy(model)
-                    row = {"model": Path(model_path).name, "rules": rules, "method": method, "seconds": 0.0}
+                    row = {"model": Path(model_path).name, "rules": rules, "calib": calib, "method": method,
+                           "seconds": 0.0}
                     if method != "none":
                         t0 = time.perf_counter()
-                        recover_weights(candidate, calibration_loader(args.data, pp, batch_size=16,
-                                                                      num_images=args.recover_images),
-                                        method=method, num_images=args.recover_images, progress=False)
+                        weights, _, ranges = method.partition("+")
+                        data = calibration_loader(args.data, pp, batch_size=16, num_images=args.recover_images)
+                        if weights.startswith("block"):   # block, or block:key=value,... (reconstruct_blocks)
+                            options = {k: float(v) for k, _, v in (o.partition("=") for o in
+                                                                   weights.partition(":")[2].split(",") if o)}
+                            if "learn_ranges" in options:
+                                options["learn_ranges"] = bool(options["learn_ranges"])
+                            print(reconstruct_blocks(candidate, data, num_images=args.recover_images,
+                                                     iters=args.block_iters, progress=False, **options))
+                        elif weights != "ranges":
+                            recover_weights(candidate, data, method=weights, num_images=args.recover_images,
+                                            progress=False)
+                        if "ranges" in (weights, ranges):
+                            print(refine_ranges(candidate, data, num_images=args.recover_images, progress=False))
                         row["seconds"] = time.perf_counter() - t0
                     row["fidelity"] = fidelity(candidate, reference).map50_95
                     onnx_path = export_onnx(PredictionOnly(candidate, loaded.layout), sample, tmp / "m.onnx")
@@ -95,15 +118,16 @@ def run(args: argparse.Namespace) -> list:
 
 
 def table(rows: list) -> str:
-    lines = ["| model | rules | recovery | COCO mAP50-95 fake quant / ORT | fidelity fake quant | fidelity ORT | "
-             "recovery time |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | rules | calibration | recovery | COCO mAP50-95 fake quant / ORT | fidelity fake quant | "
+             "fidelity ORT | recovery time |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         coco = (f"{r['map50_95']:.4f}" + (f" / {r['map50_95_ort']:.4f}" if "map50_95_ort" in r else "")
                 if "map50_95" in r else "-")
         fid = f"{r['fidelity']:.3f}" if "fidelity" in r else "1 (reference)"
         ort = f"{r['fidelity_ort']:.3f}" if "fidelity_ort" in r else "-"
         secs = f"{r['seconds']:.0f} s" if r.get("seconds") else "-"
-        lines.append(f"| {r['model']} | {r.get('rules', '-')} | {r['method']} | {coco} | {fid} | {ort} | {secs} |")
+        lines.append(f"| {r['model']} | {r.get('rules', '-')} | {r.get('calib', '-')} | {r['method']} | {coco} | "
+                     f"{fid} | {ort} | {secs} |")
     return "\n".join(lines)
 
 

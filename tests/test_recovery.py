@@ -178,16 +178,230 @@ def test_yolov5n_recovery_raises_the_output_snr_over_plain_ptq(yolov5n_path, coc
     assert _head_snr(model, reference, val) > ptq + 0.3   # measured on held-out images
 
 
-def test_ptq_script_recovers_the_embedded_demo(tmp_path):
+@pytest.mark.parametrize("method", ["adaround", "nearest+ranges"])
+def test_ptq_script_recovers_the_embedded_demo(tmp_path, method):
     from conftest import REPO_ROOT
     import json
     import subprocess
     import sys
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "ptq.py"), "--out", str(out), "--recover",
-                           "adaround", "--recover-images", "4", "--no-export"], capture_output=True, text=True,
+                           method, "--recover-images", "4", "--no-export"], capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["recovery"]["method"] == "adaround" and summary["recovery"]["images"] == 4
+    assert summary["recovery"]["method"] == method and summary["recovery"]["images"] == 4
+    assert ("ranges" in summary["recovery"]) == method.endswith("ranges")
     assert "recover" in summary["timings"] and "recovery" in summary["fields"]
+
+
+# ---- refine_ranges: activation amax fitted to the network's output ------------------------------------------------
+
+class _Branches(nn.Module):
+    """Two conv branches concatenated into a third conv: TensorRT rules tie the Concat inputs' quantizers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+        self.c = nn.Conv2d(12, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1))
+
+
+def test_recover_setting_names_the_valid_choices():
+    from qdqtorch.ptq import PTQSettings
+    assert PTQSettings(recover="adaround+ranges").recover == "adaround+ranges"
+    with pytest.raises(ValueError, match="recover must be one of"):
+        PTQSettings(recover="ranges+adaround")
+
+
+def _branches(config: dict, rules: bool = True) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(1)
+    model = _Branches().eval()
+    float_model = _Branches().eval()
+    float_model.load_state_dict(model.state_dict())
+    data = nn.functional.avg_pool2d(torch.randn(16, 4, 14, 14), 3, 1)
+    data[0, :, 2, 2] = 12.0    # an outlier that max calibration stretches every range for
+    quantize_model(model, QuantConfig.from_dict(config))
+    if rules:
+        apply_placement(model, TensorRTPlacement(), data[:1])
+    calibrate(model, [data], method="max", progress=False)
+    return model, float_model, data
+
+
+def _output_mse(model: nn.Module, float_model: nn.Module, data: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(data).double() - float_model(data).double()).pow(2).mean())
+
+
+def test_refined_ranges_lower_the_output_error_below_calibration_and_stay_tied():
+    from qdqtorch.recovery import refine_ranges
+    from qdqtorch.rules import TiedQuantizer
+    model, float_model, data = _branches({"input": {"num_bits": 4}})
+    weights = weight_quantizer_ids(model)
+    tied = [q for _, q in named_quantizers(model) if isinstance(q, TiedQuantizer)]
+    assert tied, "the placement should tie the Concat inputs"
+    w_before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("_amax")}
+    w_amax = {n: q.amax.clone() for n, q in named_quantizers(model) if id(q) in weights}
+    tied_before = float(tied[0].amax)
+    before = _output_mse(model, float_model, data)
+    report = refine_ranges(model, [data], num_images=16, iters=150, lr=0.05, batch_size=8, progress=False)
+    after = _output_mse(model, float_model, data)
+    assert after < 0.7 * before, (before, after)
+    assert report.error_after < report.error_before
+    # tied: every site still reads one quantizer object, whose amax was learned
+    assert float(tied[0].amax) != tied_before
+    sites = [m for m in model.modules() for v in m.children() if v is tied[0]]
+    assert len(sites) >= 2, sites
+    # weights and weight quantizers untouched
+    after_state = model.state_dict()
+    assert all(torch.equal(after_state[k], v) for k, v in w_before.items())
+    assert all(torch.equal(q.amax, w_amax[n]) for n, q in named_quantizers(model) if id(q) in weights)
+
+
+def test_refined_ranges_respect_ignore_and_restore_on_interrupt(monkeypatch):
+    from qdqtorch.recovery import refine_ranges
+    model, _, data = _branches({"input": {"num_bits": 4}, "ignore": [r"c"]}, rules=False)
+    model.a._input_quantizer.disable()
+    amax = {n: q.amax.clone() for n, q in named_quantizers(model) if q.amax is not None}
+    assert not hasattr(model.c, "_input_quantizer")   # ignored: left a float Conv2d
+    import qdqtorch.recovery.ranges as rr
+    real = rr._output_error
+    calls = []
+
+    def boom(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(rr, "_output_error", boom)
+    with pytest.raises(KeyboardInterrupt):
+        refine_ranges(model, [data], num_images=16, iters=20, progress=False)
+    assert all(torch.equal(q.amax, amax[n]) for n, q in named_quantizers(model) if q.amax is not None)
+    monkeypatch.setattr(rr, "_output_error", real)
+    report = refine_ranges(model, [data], num_images=16, iters=20, progress=False)
+    assert "b._input_quantizer" in report.amax and "a._input_quantizer" not in report.amax
+    assert not model.a._input_quantizer.is_enabled
+    assert torch.equal(model.a._input_quantizer.amax, amax["a._input_quantizer"])
+
+
+def test_export_reproduces_the_refined_ranges(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from qdqtorch.export import export_onnx
+    from qdqtorch.export.runtime import OnnxRuntimeModule
+    from qdqtorch.quantize import load_calibration, save_calibration
+    from qdqtorch.recovery import refine_ranges
+    model, _, data = _branches({})   # 8-bit: ONNX Q/DQ
+    refine_ranges(model, [data], num_images=16, iters=40, lr=0.05, progress=False)
+    path = export_onnx(model, data[:1], tmp_path / "ranges.onnx")
+    with torch.no_grad():
+        fake = model(data[:4])
+    ort = OnnxRuntimeModule(path)(data[:4])
+    step = float(model.c._input_quantizer.amax) / 127 * float(model.c.weight.detach().abs().max()) * 12
+    assert torch.allclose(ort, fake, atol=max(step, 1e-4)), float((ort - fake).abs().max())
+    save_calibration(model, tmp_path / "calibration.json")
+    fresh, _, _ = _branches({})
+    load_calibration(fresh, tmp_path / "calibration.json")
+    with torch.no_grad():
+        assert torch.equal(fresh(data), model(data))
+
+
+# ---- reconstruct_blocks: weight rounding and activation ranges fitted per block (QDrop) ---------------------------
+
+def _blocks(config: dict, rules: bool = True, seed: int = 2) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """Three blocks: conv-ReLU-conv-ReLU, two branches into a Concat (tied under the rules), a 1x1 head."""
+    def make() -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1),
+                                           nn.ReLU()), _Branches(), nn.Conv2d(5, 3, 1)).eval()
+    model, float_model = make(), make()
+    torch.manual_seed(seed)
+    data = nn.functional.avg_pool2d(torch.randn(16, 4, 14, 14), 3, 1) * torch.linspace(0.5, 2.0, 4).view(1, 4, 1, 1)
+    quantize_model(model, QuantConfig.from_dict(config))
+    if rules:
+        apply_placement(model, TensorRTPlacement(), data[:1])
+    calibrate(model, [data], method="mse", progress=False)
+    return model, float_model, data
+
+
+def test_block_reconstruction_lowers_the_block_output_error_below_nearest_and_stays_tied():
+    from qdqtorch.recovery.blocks import reconstruct_blocks
+    from qdqtorch.rules import TiedQuantizer
+    model, float_model, data = _blocks({**COARSE, "input": {"num_bits": 16}})   # the error is the rounding's
+    tied = [q for _, q in named_quantizers(model) if isinstance(q, TiedQuantizer)]
+    assert tied, "the placement should tie the Concat inputs"
+
+    def first_block_error() -> float:   # block 0 sees the same images in both models: checked directly
+        with torch.no_grad():
+            q, f = model[0](data).double(), float_model[0](data).double()
+        return float((q - f).pow(2).sum() / f.pow(2).sum())
+    before = first_block_error()
+    report = reconstruct_blocks(model, [data], num_images=16, iters=150, batch_size=8, progress=False)
+    assert [b.name for b in report.blocks] == ["0", "1", "2"]
+    assert all(b.error_after <= b.error_before for b in report.blocks)
+    assert report.blocks[0].kept and first_block_error() < 0.9 * before, (before, first_block_error())
+    # the tied quantizer is still one object on several sites
+    sites = [m for m in model.modules() for v in m.children() if v is tied[0]]
+    assert len(sites) >= 2, sites
+    # kept blocks' weights lie on the grid of the calibrated weight amax: re-quantizing is the identity
+    for b in report.blocks:
+        for m in model[int(b.name)].modules():
+            if b.kept and hasattr(m, "_weight_quantizer"):
+                assert torch.allclose(m._weight_quantizer(m.weight), m.weight, atol=1e-6), b.name
+
+
+def test_block_reconstruction_respects_ignore_and_restores_on_interrupt(monkeypatch):
+    from qdqtorch.recovery import RecoveryError
+    from qdqtorch.recovery import blocks as blk
+    model, _, data = _blocks({**COARSE, "ignore": [r"^2$"]}, rules=False)
+    assert not hasattr(model[2], "_weight_quantizer")     # ignored: left a float Conv2d
+    model[1].a._input_quantizer.disable()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real = blk._output_error
+    calls = []
+
+    def boom(*args):
+        calls.append(1)
+        if len(calls) == 160:      # inside the second block, after the first was hardened
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(blk, "_output_error", boom)
+    with pytest.raises(KeyboardInterrupt):
+        blk.reconstruct_blocks(model, [data], num_images=16, iters=100, progress=False)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    monkeypatch.setattr(blk, "_output_error", real)
+    report = blk.reconstruct_blocks(model, [data], num_images=16, iters=30, progress=False)
+    assert [b.name for b in report.blocks] == ["0", "1"]          # the ignored head has nothing to learn
+    assert not model[1].a._input_quantizer.is_enabled
+    assert torch.equal(model[1].a._input_quantizer.amax, before["1.a._input_quantizer._amax"])
+    assert torch.equal(model[2].weight, before["2.weight"])
+    fresh = nn.Sequential(nn.Conv2d(3, 4, 3))
+    quantize_model(fresh)
+    with pytest.raises(RecoveryError, match="calibrate"):
+        blk.reconstruct_blocks(fresh, [torch.randn(2, 3, 8, 8)], progress=False)
+
+
+def test_export_and_calibration_reproduce_the_reconstructed_blocks(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from qdqtorch.export import export_onnx
+    from qdqtorch.export.runtime import OnnxRuntimeModule
+    from qdqtorch.quantize import load_calibration, save_calibration
+    from qdqtorch.recovery.blocks import reconstruct_blocks
+    model, _, data = _blocks({})   # 8-bit: ONNX Q/DQ
+    report = reconstruct_blocks(model, [data], num_images=16, iters=60, progress=False)
+    assert any(b.kept for b in report.blocks)
+    path = export_onnx(model, data[:1], tmp_path / "blocks.onnx")
+    with torch.no_grad():
+        fake = model(data[:4])
+    ort = OnnxRuntimeModule(path)(data[:4])
+    step = float(model[2]._input_quantizer.amax) / 127 * float(model[2].weight.detach().abs().max()) * 5
+    assert torch.allclose(ort, fake, atol=max(step, 1e-4)), float((ort - fake).abs().max())
+    # weights are saved with the model, activation amax in calibration.json: both together reproduce it
+    save_calibration(model, tmp_path / "calibration.json")
+    fresh, _, _ = _blocks({})
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith("_amax")}, strict=False)
+    load_calibration(fresh, tmp_path / "calibration.json")
+    with torch.no_grad():
+        assert torch.equal(fresh(data), model(data))

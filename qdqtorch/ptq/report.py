@@ -109,7 +109,8 @@ SUMMARY_FIELDS = {
                 "int8 (fake quant) and int8_onnxruntime (with --ort-eval), each with map50_95, map50 (1.0 = the "
                 "float model's detections exactly), the reference box count, and outputs: SNR (dB) and cosine of "
                 "every output tensor against float on the first images (the whole-network error)",
-    "recovery": "label-free weight re-rounding after calibration (--recover): method, images, seconds, skipped layers",
+    "recovery": "label-free recovery after calibration (--recover): method, images, seconds, skipped layers; "
+                "ranges: activation amax refinement (output error before/after, steps, seconds)",
     "timings": "seconds per stage: load, eval_set, float_eval (the float pass: COCO mAP and the fidelity reference) "
                "or float_reference (no labels), calibrate, recover, int8_eval, export, ort_eval (each evaluation: "
                "COCO mAP and fidelity from one pass)",

@@ -22,6 +22,9 @@ DEFAULT_IMGSZ = 640         # when neither the settings nor the checkpoint give 
 ONNX_SHAPES = ("static", "dynamic-batch")
 
 
+RECOVER_CHOICES = ("adaround", "gptq", "nearest", "ranges", "adaround+ranges", "gptq+ranges", "nearest+ranges")
+
+
 @dataclass
 class PTQSettings:
     """One post-training-quantization job: model, data, calibration, evaluation and export options.
@@ -46,7 +49,8 @@ class PTQSettings:
     calib_method: str = "mse"                # best measured on YOLOv5n (BENCHMARKS.md §2); "max" is the fastest
     percentile: float = 99.99
     weight_method: str = "max"
-    recover: Optional[str] = None             # label-free weight re-rounding after calibration: adaround, gptq, nearest
+    recover: Optional[str] = None             # label-free recovery after calibration (RECOVER_CHOICES): adaround,
+                                              # gptq, nearest (weights), ranges (activation amax), or "w+ranges"
     recover_images: int = 16                  # calibration images the recovery fits on (one paired forward pass)
     bias_correction: bool = False             # with recover: also shift biases to cancel each layer's mean error
     ignore: List[str] = field(default_factory=list)
@@ -83,8 +87,8 @@ class PTQSettings:
             self.rules = None
         if self.rules not in (None, *PLACEMENTS):
             raise UsageError(f"rules must be one of {PLACEMENTS}, got {self.rules!r}")
-        if self.recover not in (None, "adaround", "gptq", "nearest"):
-            raise UsageError(f"recover must be adaround, gptq, nearest or unset, got {self.recover!r}")
+        if self.recover not in (None, *RECOVER_CHOICES):
+            raise UsageError(f"recover must be one of {RECOVER_CHOICES} or unset, got {self.recover!r}")
         for name in ("num_calib", "batch", "imgsz", "recover_images"):
             if getattr(self, name) is not None and int(getattr(self, name)) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}")

@@ -330,24 +330,37 @@ def calibrate(prep: Prepared, data: Optional[Iterable] = None, *, progress: bool
 
 
 def recover(prep: Prepared, *, progress: bool = True, log=print) -> Optional[Any]:
-    """Re-round the calibrated weights against the float model (settings.recover / bias_correction) on
-    `recover_images` calibration images; returns the RecoveryReport, or None when the settings ask for none."""
+    """Label-free recovery after calibration on `recover_images` calibration images (settings.recover): re-round
+    the weights against the float model (adaround/gptq/nearest, with bias_correction), then with "ranges" fit the
+    activation amax to the network's outputs. Returns the last report, or None when the settings ask for none."""
     s = prep.settings
     if not s.recover:
         return None
     from ..data import calibration_loader
-    from ..recovery import recover_weights
+    from ..recovery import recover_weights, refine_ranges
     if is_callable_spec(s.calib_data):
         data: Any = calibration_data(s, prep.preprocess)
     else:
         data = calibration_loader(s.calib_data or s.data, prep.preprocess, batch_size=s.batch,
                                   num_images=s.recover_images, workers=s.workers, split=s.calib_split)
     t0 = time.perf_counter()
-    result = recover_weights(prep.model, data, method=s.recover, bias_correction=s.bias_correction,
-                             num_images=s.recover_images, device=s.device, progress=progress)
+    weights, _, ranges = s.recover.partition("+")
+    result: Any = None
+    summary: Dict[str, Any] = {"method": s.recover}
+    if weights == "ranges":
+        weights, ranges = "", "ranges"
+    if weights:
+        result = recover_weights(prep.model, data, method=weights, bias_correction=s.bias_correction,
+                                 num_images=s.recover_images, device=s.device, progress=progress)
+        summary.update({k: v for k, v in result.to_dict().items() if k not in ("layers", "method")})
+        log(str(result))
+    if ranges:
+        result = refine_ranges(prep.model, data, num_images=s.recover_images, device=s.device, progress=progress)
+        summary["ranges"] = {k: v for k, v in result.to_dict().items() if k != "amax"}
+        summary.setdefault("images", result.images)
+        log(str(result))
     prep.timings["recover"] = time.perf_counter() - t0
-    prep.summary["recovery"] = {k: v for k, v in result.to_dict().items() if k != "layers"}
-    log(str(result))
+    prep.summary["recovery"] = summary
     return result
 
 

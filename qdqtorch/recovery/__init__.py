@@ -1,6 +1,11 @@
 """Post-calibration recovery, label-free: re-round quantized weights (AdaRound, GPTQ) and correct biases so each
-layer's output matches the float model's. Sits beside qat: uses quantize/nn, never imported by the core."""
+layer's output matches the float model's, fit the activation ranges to the network's outputs (refine_ranges), or
+fit both block by block with QDrop (reconstruct_blocks).
+Sits beside qat: uses quantize/nn, never imported by the core."""
 from .recover import LayerRecovery, RecoveryError, RecoveryReport, recover_weights
+from .blocks import BlockReport, reconstruct_blocks
+from .ranges import RangeReport, refine_ranges
 from .rounding import ROUNDINGS
 
-__all__ = ["recover_weights", "RecoveryReport", "LayerRecovery", "RecoveryError", "ROUNDINGS"]
+__all__ = ["recover_weights", "RecoveryReport", "LayerRecovery", "RecoveryError", "ROUNDINGS", "refine_ranges",
+           "RangeReport", "reconstruct_blocks", "BlockReport"]
