@@ -3,13 +3,14 @@
 (so speed ratios are not disturbed by each other), log its output to runs/all/NAME.log and its wall time to
 runs/all/run_all.json. The commands are exactly the ones BENCHMARKS.md prints beside its tables.
 
-    python benchmarks/run_all.py                 # everything: about 90 minutes on the 2-core CI CPU
+    python benchmarks/run_all.py                 # everything: several hours on the 2-core CI CPU
     python benchmarks/run_all.py --list          # the commands, without running them
     python benchmarks/run_all.py --only rules qat8
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -42,7 +43,41 @@ COMMANDS = [
                        "tensorrt-int8-residual --methods none adaround --num-calib 32 --num-eval 32"),
     ("recovery_ppe", "§8", "python benchmarks/bench_recovery.py --models ../shared/models/ppe_yolov5n.pt --rules "
                            "tensorrt tensorrt-int8-residual --methods none adaround --num-calib 32 --num-eval 32"),
+    ("breakdown", "§8b", "python benchmarks/fidelity_breakdown.py --imgsz 320 --num-calib 32 --parts"),
+    ("ranges", "§8b", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models ../shared/models/yolov5n.pt "
+                      "--rules tensorrt --methods none ranges adaround+ranges --num-calib 32 --imgsz 320 "
+                      "--recover-images 16"),
+    ("ranges_ppe", "§8b", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                          "../shared/models/ppe_yolov5n.pt --rules tensorrt --methods none ranges --num-calib 32 "
+                          "--imgsz 320 --recover-images 16"),
+    ("calib_methods", "§8c", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                             "../shared/models/yolov5n.pt --rules tensorrt --methods none --calib-methods max entropy "
+                             "mse percentile:99.99 percentile:99.999 --num-calib 32 --imgsz 320 --out "
+                             "runs/calib_methods"),
+    ("block", "§8c", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models ../shared/models/yolov5n.pt "
+                     "--rules tensorrt --methods none block --num-calib 32 --imgsz 320 --recover-images 32 "
+                     "--block-iters 300 --out runs/block_v5n"),
+    ("block_variants", "§8c", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                              "../shared/models/yolov5n.pt --rules tensorrt --methods none block:learn_ranges=0 "
+                              "block:drop=0 --num-calib 32 --imgsz 320 --recover-images 32 --block-iters 300 --out "
+                              "runs/block_v5n_variants"),
+    ("block_128", "§8c", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models ../shared/models/yolov5n.pt "
+                         "--rules tensorrt --methods none block --num-calib 32 --imgsz 320 --recover-images 128 "
+                         "--block-iters 300 --out runs/block_v5n_128"),
+    ("block_generalisation", "§8c", "OMP_NUM_THREADS=1 python benchmarks/block_generalisation.py"),
+    ("bits", "§8d", "OMP_NUM_THREADS=1 python benchmarks/fidelity_vs_bits.py --imgsz 320 --num-calib 32"),
+    ("bits_ppe", "§8d", "OMP_NUM_THREADS=1 python benchmarks/fidelity_vs_bits.py --imgsz 320 --num-calib 32 --model "
+                        "../shared/models/ppe_yolov5n.pt"),
     ("families", "§9", "python benchmarks/families.py --out runs/families"),
+    ("families_v7", "§9", "OMP_NUM_THREADS=1 python benchmarks/families.py --out runs/families_v7 --only yolov7"),
+    ("qat3_residual", "§6b", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
+                             "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 --val-data "
+                             "../shared/data/coco128/coco128.yaml --epochs 3 --imgsz 640 --batch 16 --device cpu "
+                             "--rules tensorrt-int8-residual --calib-method mse --out runs/qat3_residual_mse"),
+    ("qat8_residual", "§6b", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
+                             "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 --val-data "
+                             "../shared/data/coco128/coco128.yaml --epochs 8 --imgsz 640 --batch 16 --device cpu "
+                             "--rules tensorrt-int8-residual --calib-method mse --out runs/qat8_residual_mse"),
     ("compute_amax", "§3", "python benchmarks/bench_compute_amax.py --num-images 128 --imgsz 640"),
     ("sweep640", "§4", "python benchmarks/bench_sensitivity.py --imgsz 640 --num-images 128 --naive-units 6 "
                        "--naive-allocator both --json runs/sensitivity640.json"),
@@ -64,7 +99,7 @@ def main(argv=None) -> int:
     chosen = [c for c in COMMANDS if not args.only or c[0] in args.only]
     if args.list:
         for name, section, cmd in chosen:
-            print(f"{name:14s} {section:7s} {cmd}")
+            print(f"{name:20s} {section:5s} {cmd}")
         return 0
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -79,8 +114,11 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(chosen)}] {name} ({section}): {cmd}", flush=True)
         t0 = time.perf_counter()
         with open(out / f"{name}.log", "w") as log:
-            argv_cmd = [sys.executable if a == "python" else a for a in shlex.split(cmd)]
-            rc = subprocess.run(argv_cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            words = shlex.split(cmd)
+            assignments = [w for w in itertools.takewhile(lambda w: "=" in w and not w.startswith("-"), words)]
+            argv_cmd = [sys.executable if a == "python" else a for a in words[len(assignments):]]
+            run_env = {**env, **dict(a.split("=", 1) for a in assignments)}  # leading VAR=value, as in a shell
+            rc = subprocess.run(argv_cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=run_env).returncode
         seconds = time.perf_counter() - t0
         record[name] = {"command": cmd, "section": section, "seconds": round(seconds, 1), "returncode": rc,
                         "commit": commit, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
