@@ -51,9 +51,9 @@ def _quantizer_problems(model: nn.Module) -> list[str]:
         if not isinstance(q, TensorQuantizer) or not q.is_enabled:
             continue
         label = q.name or name
-        if getattr(q, "_if_calib", False):
+        if q.mode.calib:
             problems.append(f"{label} (still collecting calibration statistics: run compute_amax/calibrate first)")
-        elif getattr(q, "_if_quant", True) and q.amax is None:
+        elif q.mode.quant and q.amax is None:
             problems.append(f"{label} (enabled but not calibrated: no amax)")
     return problems
 

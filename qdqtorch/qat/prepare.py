@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Union
 from torch import nn
 
 from ..nn import CalibrationError, TensorQuantizer
-from ..quantize import named_quantizers
+from ..quantize import named_quantizers, uncalibrated_quantizers
 from ..errors import UsageError
 
 LearnAmax = Union[bool, str, Sequence[str]]
@@ -129,7 +129,7 @@ def prepare_qat(model: nn.Module, *, freeze_bn: bool = True, learn_amax: LearnAm
     if not enabled:
         raise CalibrationError("prepare_qat: the model has no enabled quantizer; run qdqtorch.quantize_model and "
                                "qdqtorch.calibrate first")
-    missing = [n for n, q in enabled if q.amax is None]
+    missing = uncalibrated_quantizers(model)
     if missing:
         raise CalibrationError(f"prepare_qat: {len(missing)} enabled quantizer(s) have no amax: {missing[:10]}"
                                f"{'...' if len(missing) > 10 else ''}. Calibrate the model (qdqtorch.calibrate) or "

@@ -1,5 +1,5 @@
-"""After calibration: activation ranges that are 0 or vanishingly small, which export as a near-zero ONNX scale and
-mean a dead input or broken preprocessing rather than a real range."""
+"""After calibration: quantizers left without a range, and activation ranges that are 0 or vanishingly small, which
+export as a near-zero ONNX scale and mean a dead input or broken preprocessing rather than a real range."""
 from __future__ import annotations
 
 import statistics
@@ -19,6 +19,12 @@ def _weight_scale(module: nn.Module) -> Optional[float]:
     if isinstance(weight, torch.Tensor) and weight.numel():
         return float(weight.detach().abs().max())
     return None
+
+
+def uncalibrated_quantizers(model: nn.Module) -> List[str]:
+    """Names of the enabled quantizers that have no amax yet: what every step that needs a calibrated model (QAT,
+    sweeps, recovery) refuses, each with its own error."""
+    return [name for name, q in named_quantizers(model) if q.is_enabled and q.amax is None]
 
 
 def check_amax(model: nn.Module, relative: float = TINY_AMAX, *, warn: bool = True) -> List[str]:

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..nn import TensorQuantizer
-from ..quantize import disable_quantization, named_quantizers, weight_quantizer_ids
+from ..quantize import disable_quantization, named_quantizers, uncalibrated_quantizers, weight_quantizer_ids
 from ..tensor_quant import learnable_fake_tensor_quant
 from .layers import scale_and_bounds, skip_reason
 from .ranges import _leaves, _output_error
@@ -264,7 +264,7 @@ def reconstruct_blocks(model: nn.Module, data: Iterable, *, blocks: Optional[Seq
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
-    missing = [n for n, q in named_quantizers(model) if q.is_enabled and q.amax is None]
+    missing = uncalibrated_quantizers(model)
     if missing:
         raise RecoveryError(f"reconstruct_blocks: {len(missing)} enabled quantizer(s) have no amax ({missing[:5]}); "
                             "calibrate the model (qdqtorch.calibrate) first")

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..nn import TensorQuantizer
-from ..quantize import disable_quantization, named_quantizers, weight_quantizer_ids
+from ..quantize import disable_quantization, named_quantizers, uncalibrated_quantizers, weight_quantizer_ids
 from ..tensor_quant import learnable_fake_tensor_quant
 from .recover import RecoveryError, _gather
 
@@ -111,7 +111,7 @@ def refine_ranges(model: nn.Module, data: Iterable, *, num_images: int = 32, ite
     weights = weight_quantizer_ids(model)
     quantizers = {name: q for name, q in named_quantizers(model)
                   if id(q) not in weights and q.is_enabled and q.fake_quant}
-    missing = [name for name, q in quantizers.items() if q.amax is None]
+    missing = [name for name in uncalibrated_quantizers(model) if name in quantizers]
     if missing:
         raise RecoveryError(f"refine_ranges: {len(missing)} enabled quantizer(s) have no amax ({missing[:5]}); "
                             "calibrate the model (qdqtorch.calibrate) first")

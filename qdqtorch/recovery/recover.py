@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..nn import TensorQuantizer
-from ..quantize import disable_quantization, named_quantizers, weight_quantizer_ids
+from ..quantize import disable_quantization, named_quantizers, uncalibrated_quantizers, weight_quantizer_ids
 from .layers import groups_of, input_rows, scale_and_bounds, skip_reason, weight_rows, weighted_quant_layers
 from .rounding import ROUNDINGS, Problem, solve
 
@@ -289,7 +289,7 @@ def recover_weights(model: nn.Module, data: Iterable, *, method: str = "adaround
         first = next(itertools.chain(model.parameters(), model.buffers()), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
-    missing = [n for n, q in named_quantizers(model) if q.is_enabled and q.amax is None]
+    missing = uncalibrated_quantizers(model)
     if missing:
         raise RecoveryError(f"recover_weights: {len(missing)} enabled quantizer(s) have no amax ({missing[:5]}); "
                             "calibrate the model (qdqtorch.calibrate) first")

@@ -8,7 +8,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from torch import nn
 
 from ..nn import TensorQuantizer
-from ..quantize import named_quantizers
+from ..quantize import named_quantizers, uncalibrated_quantizers
 from ..errors import UsageError
 
 UNIT_KINDS = ("quantizer", "layer", "block")
@@ -70,7 +70,7 @@ def find_units(model: nn.Module, unit: str = "layer", block_depth: Optional[int]
     if not enabled:
         raise UsageError("the model has no enabled quantizer to sweep: quantize it first (qdqtorch.quantize_model) "
                          "and check that the config does not ignore every layer")
-    uncalibrated = [n for n, q in enabled if q.amax is None]
+    uncalibrated = uncalibrated_quantizers(model)
     if uncalibrated:
         raise UsageError(f"{len(uncalibrated)} enabled quantizer(s) have no amax, e.g. {uncalibrated[:3]}: calibrate "
                          "the model (qdqtorch.calibrate) or load a calibration before the sensitivity sweep")
