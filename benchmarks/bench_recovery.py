@@ -5,7 +5,8 @@ fidelity of fake quant and of the exported Q/DQ ONNX in ONNX Runtime, and recove
     python benchmarks/bench_recovery.py --out runs/bench_recovery
 
 Reference protocol: calibrate on 128 coco128 train images (mse), evaluate 128 val images at 640; recovery on its
-default setting. PPE YOLOv5n (2 custom classes, no labels here) gets fidelity only.
+default setting; `--grids symmetric shifted` adds the shifted activation grid (calibrate(grid="shifted")). PPE
+YOLOv5n (2 custom classes, no labels here) gets fidelity only.
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calib-methods", nargs="+", default=["mse"],
                    help="activation calibration methods: max, entropy, mse, percentile or percentile:<value> "
                         "(e.g. percentile:99.999); each calibrates its own copy of the quantized model")
+    p.add_argument("--grids", nargs="+", default=["symmetric"], choices=["symmetric", "shifted"],
+                   help="activation grids (calibrate(grid=...)): shifted gives one-sided tensors a zero point that "
+                        "the export folds away for TensorRT")
     p.add_argument("--num-calib", type=int, default=128)
     p.add_argument("--num-eval", type=int, default=None)
     p.add_argument("--imgsz", type=int, default=640)
@@ -76,17 +80,18 @@ def run(args: argparse.Namespace) -> list:
             rows.append(row0)
             print(row0, flush=True)
             sample = next(eval_set.batches(1))[1]
-            for rules, calib in itertools.product(args.rules, args.calib_methods):
+            for rules, calib, grid in itertools.product(args.rules, args.calib_methods, args.grids):
                 model = copy.deepcopy(loaded.model)
                 quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
                 apply_placement(model, placement_from_name(rules), sample)
                 calib_method, _, value = calib.partition(":")
                 calib_kwargs = {"percentile": float(value)} if value else {}
                 calibrate(model, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib),
-                          method=calib_method, progress=False, **calib_kwargs)
+                          method=calib_method, progress=False, grid=grid, **calib_kwargs)
+                label = calib if grid == "symmetric" else f"{calib}, {grid} grid"
                 for method in args.methods:
                     candidate = copy.deepcopy(model)
-                    row = {"model": Path(model_path).name, "rules": rules, "calib": calib, "method": method,
+                    row = {"model": Path(model_path).name, "rules": rules, "calib": label, "method": method,
                            "seconds": 0.0}
                     if method != "none":
                         t0 = time.perf_counter()

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from qdqtorch.calib import AMAX_METHODS, WEIGHT_METHODS  # noqa: E402
+from qdqtorch.nn import GRIDS  # noqa: E402
 from qdqtorch.pipeline import PTQSettings, run_ptq, table  # noqa: E402
 from qdqtorch.pipeline.cli import pop_debug, run_cli  # noqa: E402
 from qdqtorch.ptq.settings import ONNX_SHAPES, RECOVER_CHOICES  # noqa: E402
@@ -66,6 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calib-method", choices=AMAX_METHODS, default=S,
                    help="activation amax method (default mse: the best measured, BENCHMARKS.md §2)")
     p.add_argument("--percentile", type=float, default=S, help="for --calib-method percentile (default 99.99)")
+    p.add_argument("--grid", choices=GRIDS, default=S,
+                   help="activation grid: symmetric (default, TensorRT's zero point 0) or shifted: tensors that are "
+                        "almost one-sided (SiLU outputs, the image) get a zero point so all 255 codes cover their "
+                        "range; the ONNX export folds the shift into the next convs' biases, so TensorRT still sees "
+                        "zero point 0. Measured (BENCHMARKS.md §8e): the largest fidelity gain of any option")
     p.add_argument("--weight-method", choices=WEIGHT_METHODS, default=S,
                    help="weight amax method (default max)")
     p.add_argument("--recover", choices=RECOVER_CHOICES, default=S,

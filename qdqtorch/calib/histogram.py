@@ -35,15 +35,19 @@ class HistogramCalibrator:
         self.counts: Optional[torch.Tensor] = None
         self.bin_width: Optional[float] = None
         self.max_value = 0.0
+        self.min_value: Optional[float] = None  # signed minimum, for shifted grids
         self._pending_zeros = 0  # elements seen while every value so far was exactly 0
         self.num_collected = 0
 
     # ---- collection -------------------------------------------------------------------------------------------
     def collect(self, x: torch.Tensor) -> None:
-        """Add |x| to the histogram, growing its range if needed."""
-        x = x.detach().abs().float().reshape(-1)
+        """Add |x| to the histogram (and x's minimum to `min_value`), growing its range if needed."""
+        x = x.detach().float().reshape(-1)
         if x.numel() == 0:
             return
+        low = float(x.min())
+        self.min_value = low if self.min_value is None else min(self.min_value, low)
+        x = x.abs()
         self.num_collected += 1
         xmax = float(x.max())
         if not math.isfinite(xmax):
@@ -81,6 +85,8 @@ class HistogramCalibrator:
 
         Exact when both share a bin width (the other's bins are re-binned by their centres otherwise).
         """
+        if other.min_value is not None:
+            self.min_value = other.min_value if self.min_value is None else min(self.min_value, other.min_value)
         if other.counts is None:
             self._pending_zeros += other._pending_zeros
             self.num_collected += other.num_collected
@@ -102,25 +108,30 @@ class HistogramCalibrator:
     def state(self) -> Dict[str, Any]:
         """The collected statistics as plain data (counts on CPU), for `load_state` or for sending to other ranks."""
         return {"counts": None if self.counts is None else self.counts.cpu(), "bin_width": self.bin_width,
-                "max_value": self.max_value, "pending_zeros": self._pending_zeros, "n": self.num_collected}
+                "max_value": self.max_value, "min_value": self.min_value, "pending_zeros": self._pending_zeros,
+                "n": self.num_collected}
 
     def load_state(self, state: Mapping[str, Any], device: Optional[torch.device] = None) -> None:
         """Replace the statistics by a `state()`, counts on `device` if given."""
         counts = state["counts"]
         self.counts = None if counts is None else counts.to(device).clone()
         self.bin_width, self.max_value = state["bin_width"], state["max_value"]
+        self.min_value = state.get("min_value")
         self._pending_zeros, self.num_collected = int(state["pending_zeros"]), int(state["n"])
 
     def reset(self) -> None:
         """Forget everything collected."""
-        self.counts, self.bin_width, self.max_value = None, None, 0.0
+        self.counts, self.bin_width, self.max_value, self.min_value = None, None, 0.0, None
         self._pending_zeros = 0
         self.num_collected = 0
 
     # ---- amax -------------------------------------------------------------------------------------------------
     def compute_amax(self, method: str = "percentile", *, percentile: float = 99.99, start_bin: int = 128,
-                     stride: int = 1) -> Optional[torch.Tensor]:
-        """amax from the histogram by `method` in {max, entropy, mse, percentile}; None if nothing was collected."""
+                     stride: int = 1, unsigned: Optional[bool] = None) -> Optional[torch.Tensor]:
+        """amax from the histogram by `method` in {max, entropy, mse, percentile}; None if nothing was collected.
+
+        `unsigned` overrides the calibrator's own: True searches for the range end of a one-sided grid with all
+        2**bits - 1 steps on [0, amax] (how a shifted grid spends its codes)."""
         if method not in AMAX_METHODS:
             raise UsageError(f"HistogramCalibrator: unknown method {method!r}; choose one of {AMAX_METHODS}")
         if self.num_collected == 0:
@@ -133,7 +144,8 @@ class HistogramCalibrator:
             value = histogram_percentile(self.counts, self.bin_width, percentile)
         else:
             search = entropy_search if method == "entropy" else mse_search
-            nbins = search(self.counts, self.num_bits, self.unsigned, start_bin=start_bin, stride=stride)
+            one_sided = self.unsigned if unsigned is None else unsigned
+            nbins = search(self.counts, self.num_bits, one_sided, start_bin=start_bin, stride=stride)
             value = nbins * self.bin_width
         return torch.tensor(min(float(value), self.max_value) if method == "percentile" else float(value))
 

@@ -21,6 +21,7 @@ class MaxCalibrator:
         self.axis = axis
         self.unsigned = unsigned
         self._max: Optional[torch.Tensor] = None
+        self.min_value: Optional[float] = None  # signed minimum (per-tensor only), for shifted grids
         self.num_collected = 0
 
     def collect(self, x: torch.Tensor) -> None:
@@ -28,6 +29,8 @@ class MaxCalibrator:
         x = x.detach()
         if self.axis is None:
             amax = x.abs().amax().float()
+            low = float(x.min()) if x.numel() else 0.0
+            self.min_value = low if self.min_value is None else min(self.min_value, low)
         else:
             axis = normalize_axis(self.axis, x.dim(), x.shape)
             dims = [d for d in range(x.dim()) if d != axis]
@@ -49,6 +52,8 @@ class MaxCalibrator:
 
     def merge_(self, other: "MaxCalibrator") -> None:
         """Fold another calibrator's statistics into this one (tied quantizers, distributed ranks)."""
+        if other.min_value is not None:
+            self.min_value = other.min_value if self.min_value is None else min(self.min_value, other.min_value)
         if other._max is None:
             return
         theirs = other._max
@@ -62,17 +67,20 @@ class MaxCalibrator:
 
     def state(self) -> Dict[str, Any]:
         """The collected statistics as plain data (running max on CPU, batch count), for `load_state`."""
-        return {"max": None if self._max is None else self._max.detach().cpu().clone(), "n": self.num_collected}
+        return {"max": None if self._max is None else self._max.detach().cpu().clone(), "n": self.num_collected,
+                "min": self.min_value}
 
     def load_state(self, state: Mapping[str, Any], device: Optional[torch.device] = None) -> None:
         """Replace the statistics by a `state()` (e.g. all-reduced across ranks), on `device` if given."""
         value = state["max"]
         self._max = None if value is None else torch.as_tensor(value, dtype=torch.float32).to(device).clone()
         self.num_collected = int(state["n"])
+        self.min_value = state.get("min")
 
     def reset(self) -> None:
         """Forget everything collected."""
         self._max = None
+        self.min_value = None
         self.num_collected = 0
 
     def __repr__(self) -> str:

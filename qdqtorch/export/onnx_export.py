@@ -33,6 +33,7 @@ from torch import nn
 from ..atomic import atomic_output
 from ..nn.tensor_quantizer import TensorQuantizer
 from ..errors import QdqtorchError, UsageError
+from .zero_points import ZeroPointError, fold_zero_points
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
 MAX_OPSET = 20  # highest opset the automatic choice climbs to (TensorRT 10 parses up to 20)
@@ -250,6 +251,10 @@ def export_onnx(model: nn.Module, sample: torch.Tensor | Sequence[torch.Tensor],
             _restore_modes(model, modes)
 
         proto = onnx.load(str(tmp))
+        try:
+            fold_zero_points(proto)  # shifted grids: TensorRT accepts only zero point 0
+        except ZeroPointError as exc:
+            raise ExportError(f"export_onnx: {exc}") from None
         if metadata:
             for key, value in metadata.items():
                 entry = proto.metadata_props.add()

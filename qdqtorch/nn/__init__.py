@@ -7,7 +7,7 @@ from .quant_linear import QuantLinear
 from .quant_ops import QuantAdd, QuantConcat
 from .quant_pooling import (QuantAdaptiveAvgPool1d, QuantAdaptiveAvgPool2d, QuantAdaptiveAvgPool3d, QuantAvgPool1d,
                             QuantAvgPool2d, QuantAvgPool3d, QuantMaxPool1d, QuantMaxPool2d, QuantMaxPool3d)
-from .tensor_quantizer import (CalibrationError, QuantizerMode, QuantizerSnapshot, TensorQuantizer,
+from .tensor_quantizer import (GRIDS, CalibrationError, QuantizerMode, QuantizerSnapshot, TensorQuantizer,
                                preserve_quantizer_state)
 
 QUANT_TWINS = {
@@ -25,8 +25,8 @@ WEIGHTED_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspos
 POOLING_TYPES = ("MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
                  "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d")
 
-__all__ = ["TensorQuantizer", "CalibrationError", "QuantizerMode", "QuantizerSnapshot", "preserve_quantizer_state",
-           "QUANT_TWINS", "WEIGHTED_TYPES", "POOLING_TYPES",
+__all__ = ["TensorQuantizer", "CalibrationError", "GRIDS", "QuantizerMode", "QuantizerSnapshot",
+           "preserve_quantizer_state", "QUANT_TWINS", "WEIGHTED_TYPES", "POOLING_TYPES",
            "QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantConvTranspose1d", "QuantConvTranspose2d",
            "QuantConvTranspose3d", "QuantLinear", "QuantAdd", "QuantConcat",
            "QuantMaxPool1d", "QuantMaxPool2d", "QuantMaxPool3d", "QuantAvgPool1d", "QuantAvgPool2d",

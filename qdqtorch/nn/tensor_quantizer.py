@@ -11,10 +11,18 @@ from torch import nn
 
 from ..calib import HistogramCalibrator, MaxCalibrator, NonFiniteError, effective_method
 from ..descriptor import QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
-from ..tensor_quant import amax_to_scale, fake_tensor_quant, learnable_fake_tensor_quant, tensor_quant
+from ..tensor_quant import amax_to_scale, fake_tensor_quant, learnable_fake_tensor_quant, quant_bounds, tensor_quant
 from ..errors import QdqtorchError
 
 Calibrator = Union[MaxCalibrator, HistogramCalibrator]
+
+GRIDS = ("symmetric", "shifted")
+"""Activation grids `load_calib_amax` can fit: TensorRT's symmetric one, or a shifted one (zero point) for tensors
+that are almost one-sided, such as SiLU outputs (>= -0.28), whose symmetric grid leaves the negative codes unused."""
+
+SHIFT_MAX_NEGATIVE = 0.5
+"""A tensor gets a shifted grid only when its most negative value is above -0.5 x its positive range end: there the
+shift buys at least a quarter of the step; tensors closer to symmetric keep zero point 0."""
 
 
 class CalibrationError(QdqtorchError, RuntimeError):
@@ -45,6 +53,7 @@ class QuantizerSnapshot:
     mode: QuantizerMode
     amax: Optional[torch.Tensor] = None
     has_amax: bool = False  # amax was saved (None then means "had no amax")
+    zero_point: int = 0
 
 
 class TensorQuantizer(nn.Module):
@@ -64,6 +73,7 @@ class TensorQuantizer(nn.Module):
         self._if_calib = False
         self._calibrator: Optional[Calibrator] = make_calibrator(self.desc)
         self.register_buffer("_amax", torch.empty(0))
+        self.register_buffer("_zero_point", torch.zeros((), dtype=torch.int32))
         self._export_warned = False
         if self.desc.amax is not None:
             self.amax = self.desc.amax
@@ -109,21 +119,53 @@ class TensorQuantizer(nn.Module):
             self.register_parameter("_amax", nn.Parameter(t))
         else:
             self.register_buffer("_amax", t)
+        zero_point = self._buffers.pop("_zero_point", None)
+        if zero_point is not None:  # keep the state_dict order `_amax`, `_zero_point` whichever kind `_amax` is
+            self._buffers["_zero_point"] = zero_point
+
+    # ---- zero point (shifted grid) ----------------------------------------------------------------------------
+    @property
+    def zero_point(self) -> int:
+        """Integer zero point of a per-tensor signed grid: 0 is TensorRT's symmetric grid; non-zero moves the same
+        codes to cover ``[min_bound - zp, max_bound - zp] * scale`` (a shifted grid for one-sided tensors, fitted by
+        `load_calib_amax(grid="shifted")`). `export_onnx` folds it into the consumers: TensorRT sees zero point 0."""
+        return int(self._zero_point)
+
+    @zero_point.setter
+    def zero_point(self, value: int) -> None:
+        value = int(value)
+        if value:
+            lo, hi = quant_bounds(self.num_bits, self.unsigned, self.narrow_range)
+            if self.axis is not None or self.unsigned:
+                kind = "unsigned" if self.unsigned else f"per-channel, axis {self.axis}"
+                raise CalibrationError(f"{self.label}: a zero point needs a signed per-tensor quantizer "
+                                       f"(this one is {kind})")
+            if not lo <= value <= hi:
+                raise CalibrationError(f"{self.label}: zero point {value} is outside the code range "
+                                       f"[{lo}, {hi}]")
+        self._zero_point.fill_(value)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         key = prefix + "_amax"
         if key in state_dict:  # amax is created lazily: adopt the saved shape, keep this module's device
             self._set_amax(state_dict[key])
+        zp_key = prefix + "_zero_point"
+        if zp_key not in state_dict:  # saved before zero points existed: the symmetric grid
+            state_dict[zp_key] = torch.zeros((), dtype=torch.int32)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
-    def load_calib_amax(self, method: Optional[str] = None, strict: bool = True, **kwargs: Any) -> None:
-        """Set amax from the calibrator's statistics.
+    def load_calib_amax(self, method: Optional[str] = None, strict: bool = True, grid: str = "symmetric",
+                        **kwargs: Any) -> None:
+        """Set amax (and the zero point) from the calibrator's statistics.
 
         `method` (an amax method of `qdqtorch.calib.methods`) applies to histogram calibrators; the descriptor's
-        `calib_method` wins over it (`effective_method`); max calibrators always give the running max.
+        `calib_method` wins over it (`effective_method`); max calibrators always give the running max. `grid`
+        "shifted" fits a shifted grid (`zero_point`) where the tensor is almost one-sided (see `GRIDS`).
         """
+        if grid not in GRIDS:
+            raise CalibrationError(f"{self.label}: unknown grid {grid!r}; choose one of {GRIDS}")
         calib = self._calibrator
         if calib is None:
             raise CalibrationError(f"{self.label}: has no calibrator")
@@ -143,6 +185,30 @@ class TensorQuantizer(nn.Module):
             warnings.warn(f"{self.label}: amax is 0{where} (the calibration data never made it non-zero); those "
                           f"values quantize to 0 with a tiny positive scale", stacklevel=2)
         self.amax = amax
+        self.zero_point = 0
+        if grid == "shifted":
+            self._fit_shifted_grid(effective_method(method, self.desc.calib_method), **kwargs)
+
+    def _fit_shifted_grid(self, method: Optional[str], **kwargs: Any) -> bool:
+        """Move the grid to [min, end] when the tensor is almost one-sided: `end` is the calibration method's range
+        end for a one-sided grid (all 2**bits - 1 steps on the positive side), min the most negative value seen.
+        Returns whether the grid was shifted."""
+        calib = self._calibrator
+        low = getattr(calib, "min_value", None)
+        if self.axis is not None or self.unsigned or low is None:
+            return False
+        if isinstance(calib, HistogramCalibrator):
+            end = calib.compute_amax(method or "max", unsigned=True, **kwargs)
+        else:
+            end = calib.compute_amax()
+        high, low = float(end) if end is not None else 0.0, min(float(low), 0.0)
+        if high <= 0.0 or -low > SHIFT_MAX_NEGATIVE * high:
+            return False
+        qmin, qmax = quant_bounds(self.num_bits, self.unsigned, self.narrow_range)
+        scale = (high - low) / (qmax - qmin)
+        self.amax = scale * qmax
+        self.zero_point = max(qmin, min(0, round(qmin - low / scale)))
+        return True
 
     # ---- modes ----------------------------------------------------------------------------------------------------
     @property
@@ -166,7 +232,7 @@ class TensorQuantizer(nn.Module):
         if not amax:
             return QuantizerSnapshot(self.mode)
         value = self.amax
-        return QuantizerSnapshot(self.mode, None if value is None else value.detach().clone(), True)
+        return QuantizerSnapshot(self.mode, None if value is None else value.detach().clone(), True, self.zero_point)
 
     def restore(self, snapshot: QuantizerSnapshot) -> None:
         """Put back a `snapshot()`: the mode, and amax if it was saved (in place when the shape is unchanged, so a
@@ -174,6 +240,7 @@ class TensorQuantizer(nn.Module):
         self.set_mode(snapshot.mode)
         if not snapshot.has_amax:
             return
+        self.zero_point = snapshot.zero_point
         current = self.amax
         if snapshot.amax is None:
             self._set_amax(torch.empty(0))
@@ -248,13 +315,14 @@ class TensorQuantizer(nn.Module):
         if self.axis is not None and amax.numel() != x.shape[self.axis]:
             raise CalibrationError(f"{self.label}: amax has {amax.numel()} channels but the tensor has "
                                    f"{x.shape[self.axis]} along axis {self.axis} (shape {tuple(x.shape)})")
+        zp = self.zero_point
         if not self.fake_quant:
-            return tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis)[0]
+            return tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis, zp)[0]
         if torch.onnx.is_in_onnx_export():
             return self._export_forward(x, amax)
         if isinstance(amax, nn.Parameter) and torch.is_grad_enabled():
-            return learnable_fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis)
-        return fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis)
+            return learnable_fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis, zp)
+        return fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis, zp)
 
     def _collect(self, x: torch.Tensor) -> None:
         try:
@@ -265,7 +333,8 @@ class TensorQuantizer(nn.Module):
                                    "calibration data and preprocessing (or the layers before this one)") from None
 
     def _export_forward(self, x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
-        """Emit ONNX QuantizeLinear/DequantizeLinear (8-bit) with constant scales and zero point 0.
+        """Emit ONNX QuantizeLinear/DequantizeLinear (8-bit) with constant scales and the zero point (0 unless a
+        shifted grid; `export_onnx` then folds it away, see `qdqtorch.export.zero_points`).
 
         ONNX int8 Q/DQ clamps to [-128, 127]; TensorRT uses scale = amax/127 the same way, so the narrow range only
         differs for inputs below -amax. Other bit widths have no opset-13 Q/DQ and export as float arithmetic.
@@ -276,12 +345,12 @@ class TensorQuantizer(nn.Module):
                               stacklevel=2)
                 self._export_warned = True
             return learnable_fake_tensor_quant(x, amax.detach(), self.num_bits, self.unsigned, self.narrow_range,
-                                               self.axis)
+                                               self.axis, self.zero_point)
         lo, hi = (0, 255) if self.unsigned else (-128, 127)
         scale_values = amax_to_scale(amax, 255 if self.unsigned else 127).tolist()
         scale = torch.tensor(scale_values, dtype=torch.float32, device=x.device)
         if self.axis is None:
-            zero = torch.tensor(0, dtype=torch.int32, device=x.device)
+            zero = torch.tensor(self.zero_point, dtype=torch.int32, device=x.device)
             return torch.fake_quantize_per_tensor_affine(x, scale, zero, lo, hi)
         zero = torch.zeros(scale.numel(), dtype=torch.int32, device=x.device)
         return torch.fake_quantize_per_channel_affine(x, scale, zero, self.axis % x.dim(), lo, hi)
@@ -296,6 +365,8 @@ class TensorQuantizer(nn.Module):
             parts.append("amax=None")
         elif amax.dim() == 0:
             parts.append(f"amax={float(amax):.4g}")
+            if self.zero_point:
+                parts.append(f"zero_point={self.zero_point}")
         else:
             parts.append(f"amax=[{float(amax.min()):.4g}, {float(amax.max()):.4g}]({amax.numel()})")
         if self.learn_amax:

@@ -10,6 +10,7 @@ from ..fieldtypes import check_field_types
 from ..quantize import AMAX_METHODS, QuantConfig, load_config_file
 from ..rules import PLACEMENTS
 from ..calib import WEIGHT_METHODS
+from ..nn import GRIDS
 from ..errors import UsageError
 
 DEFAULT_RULES = "tensorrt"  # the placement one ships (README, BENCHMARKS.md §5); --rules none opts out
@@ -48,6 +49,8 @@ class PTQSettings:
     imgsz: Optional[int] = None               # default: what the checkpoint records, else 640
     calib_method: str = "mse"                # best measured on YOLOv5n (BENCHMARKS.md §2); "max" is the fastest
     percentile: float = 99.99
+    grid: str = "symmetric"                   # activation grid (GRIDS): "shifted" gives one-sided tensors (SiLU
+                                              # outputs) all 255 codes; export folds the shift (BENCHMARKS.md §8e)
     weight_method: str = "max"
     recover: Optional[str] = None             # label-free recovery after calibration (RECOVER_CHOICES): adaround,
                                               # gptq, nearest (weights), ranges (activation amax), or "w+ranges"
@@ -79,6 +82,8 @@ class PTQSettings:
     def __post_init__(self) -> None:
         if self.calib_method not in AMAX_METHODS:
             raise UsageError(f"calib_method must be one of {AMAX_METHODS}, got {self.calib_method!r}")
+        if self.grid not in GRIDS:
+            raise UsageError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if self.weight_method not in WEIGHT_METHODS:
             raise UsageError(f"weight_method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
         if self.onnx_shape not in ONNX_SHAPES:

@@ -264,7 +264,7 @@ def calibration_data(settings: PTQSettings, preprocess: Preprocess) -> Union[Lis
 def calibration_kwargs(settings: PTQSettings) -> Dict[str, Any]:
     """The calibration options of the settings, as `qdqtorch.calibrate` (and the distributed one) take them."""
     return dict(method=settings.calib_method, weight_method=settings.weight_method, device=settings.device,
-                percentile=settings.percentile)
+                percentile=settings.percentile, grid=settings.grid)
 
 
 class _FirstBatchChecked:

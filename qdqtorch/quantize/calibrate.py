@@ -9,7 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calib import AMAX_METHODS, HistogramCalibrator, MaxCalibrator, calibrator_for, check_amax_method, weight_amax
-from ..nn import CalibrationError, TensorQuantizer, preserve_quantizer_state
+from ..nn import GRIDS, CalibrationError, TensorQuantizer, preserve_quantizer_state
 from .control import named_quantizers, weight_quantizer_ids
 from ..errors import UsageError
 
@@ -112,14 +112,16 @@ def collect_stats(model: nn.Module, data: Iterable, num_batches: Optional[int] =
 
 
 def compute_amax(model: nn.Module, method: str = "max", *, weight_method: str = "max", strict: bool = True,
-                 progress: bool = True, **kwargs: Any) -> None:
+                 progress: bool = True, grid: str = "symmetric", **kwargs: Any) -> None:
     """Set every quantizer's amax: activations from their calibrators by `method` (max, entropy, mse, percentile;
     kwargs such as percentile=99.99, start_bin, stride go to the histogram search), weights from the weight tensors
-    by `weight_method` (max, mse, percentile, admm).
+    by `weight_method` (max, mse, percentile, admm). `grid="shifted"` gives almost one-sided activations (SiLU
+    outputs, images) a shifted grid that uses all 255 codes; `export_onnx` keeps it TensorRT-compatible.
 
     Raises one CalibrationError naming every activation quantizer whose calibrator saw no data (strict).
     """
     check_amax_method(method, "compute_amax")
+    check_grid(grid, "compute_amax")
     activations = _calibratable(model)
     if calibrator_for(method) == "histogram" and activations and not any(
             isinstance(q.calibrator, HistogramCalibrator) for _, q in activations):
@@ -132,7 +134,7 @@ def compute_amax(model: nn.Module, method: str = "max", *, weight_method: str = 
             missing.append(name)
             continue
         hist_kwargs = kwargs if isinstance(q.calibrator, HistogramCalibrator) else {}
-        q.load_calib_amax(method, **hist_kwargs)
+        q.load_calib_amax(method, grid=grid, **hist_kwargs)
     if missing and strict:
         raise CalibrationError(f"compute_amax: the forward pass never reached {len(missing)} quantizer(s) while "
                                f"collecting statistics, so their calibrators saw no data: {missing}. Feed data that "
@@ -153,6 +155,12 @@ def calibrate_weights(model: nn.Module, method: str = "max", **kwargs: Any) -> i
     return count
 
 
+def check_grid(grid: str, caller: str) -> None:
+    """`grid` must be one of `GRIDS` (before any data is read)."""
+    if grid not in GRIDS:
+        raise UsageError(f"{caller}: unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
+
+
 def prepare_calibrators(model: nn.Module, method: str, caller: str) -> None:
     """Check `method`, give activation quantizers the calibrator it needs, and empty every calibrator."""
     check_amax_method(method, caller)
@@ -165,9 +173,11 @@ def prepare_calibrators(model: nn.Module, method: str, caller: str) -> None:
 
 def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = None, *, method: str = "max",
               weight_method: str = "max", device: Union[str, torch.device, None] = None,
-              preprocess: Optional[Callable] = None, progress: bool = True, **kwargs: Any) -> None:
+              preprocess: Optional[Callable] = None, progress: bool = True, grid: str = "symmetric",
+              **kwargs: Any) -> None:
     """collect_stats + compute_amax in one call; a histogram `method` switches per-tensor activation quantizers
     from max to histogram calibrators first."""
     prepare_calibrators(model, method, "calibrate")
+    check_grid(grid, "calibrate")
     collect_stats(model, data, num_batches, device=device, preprocess=preprocess, progress=progress)
-    compute_amax(model, method, weight_method=weight_method, progress=progress, **kwargs)
+    compute_amax(model, method, weight_method=weight_method, progress=progress, grid=grid, **kwargs)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..calib import HistogramCalibrator, MaxCalibrator
-from .calibrate import collect_stats, compute_amax, prepare_calibrators
+from .calibrate import check_grid, collect_stats, compute_amax, prepare_calibrators
 from .control import named_quantizers
 
 
@@ -45,7 +45,7 @@ def all_reduce_calibrators(model: nn.Module) -> int:
     maxes = [(n, c) for n, c in calibrators if isinstance(c, MaxCalibrator)]
     if maxes:
         max_states = [c.state() for _, c in maxes]
-        mine = [(None if st["max"] is None else tuple(st["max"].shape), st["n"]) for st in max_states]
+        mine = [(None if st["max"] is None else tuple(st["max"].shape), st["n"], st["min"]) for st in max_states]
         gathered: List[Any] = [None] * world
         dist.all_gather_object(gathered, mine)
         shapes = []
@@ -68,8 +68,9 @@ def all_reduce_calibrators(model: nn.Module) -> int:
         for i, ((_, c), size, shape) in enumerate(zip(maxes, sizes, shapes)):
             if shape is not None:
                 target = c.device if c.device is not None else torch.device("cpu")
+                lows = [part[i][2] for part in gathered if part[i][2] is not None]
                 c.load_state({"max": flat[offset:offset + size].reshape(shape),
-                              "n": sum(part[i][1] for part in gathered)}, target)
+                              "n": sum(part[i][1] for part in gathered), "min": min(lows) if lows else None}, target)
             offset += size
     hists = [(n, c) for n, c in calibrators if isinstance(c, HistogramCalibrator)]
     if hists:
@@ -101,18 +102,19 @@ def broadcast_amax(model: nn.Module, src: int = 0) -> int:
 def distributed_calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = None, *,
                           method: str = "max", weight_method: str = "max",
                           device: Union[str, torch.device, None] = None, preprocess: Optional[Callable] = None,
-                          progress: bool = True, **kwargs: Any) -> None:
+                          progress: bool = True, grid: str = "symmetric", **kwargs: Any) -> None:
     """Like `qdqtorch.calibrate`, but rank r feeds batches r, r+W, r+2W, ... of the first `num_batches`, the
     statistics are all-reduced, and rank 0's amax is broadcast, so every rank ends with the same calibration."""
     rank, world = rank_and_world()
     prepare_calibrators(model, method, "distributed_calibrate")
+    check_grid(grid, "distributed_calibrate")
     mine = itertools.islice(data, rank, num_batches, world)
     total = None if num_batches is None else len(range(rank, num_batches, world))
     if total != 0:  # a rank without batches still joins the all-reduce
         collect_stats(model, _Sized(mine, total), total, device=device, preprocess=preprocess,
                       progress=progress and rank == 0)
     all_reduce_calibrators(model)
-    compute_amax(model, method, weight_method=weight_method, progress=progress and rank == 0, **kwargs)
+    compute_amax(model, method, weight_method=weight_method, progress=progress and rank == 0, grid=grid, **kwargs)
     broadcast_amax(model, 0)
 
 

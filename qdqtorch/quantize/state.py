@@ -19,7 +19,7 @@ VERSION = 1
 
 def _describe(q: TensorQuantizer) -> dict:
     return {"num_bits": q.num_bits, "axis": q.axis, "unsigned": q.unsigned, "narrow_range": q.narrow_range,
-            "enabled": q.is_enabled}
+            "enabled": q.is_enabled, "zero_point": q.zero_point}
 
 
 def save_calibration(model: nn.Module, path: Union[str, Path]) -> Path:
@@ -101,23 +101,25 @@ def load_calibration(model: nn.Module, path: Union[str, Path], strict: bool = Tr
         if entry.get("amax") is not None:
             try:
                 q.amax = entry["amax"]
-            except CalibrationError as exc:
-                raise CalibrationError(f"load_calibration: {path}: {exc}") from None
+                q.zero_point = int(entry.get("zero_point", 0))  # files written before shifted grids: 0
+            except (CalibrationError, TypeError, ValueError) as exc:
+                raise CalibrationError(f"load_calibration: {path}: quantizer {name}: {exc}") from None
             loaded += 1
     return loaded
 
 
 @dataclass
 class QuantSummary:
-    """Table of every quantizer: name, enabled, bits, axis, amax range, calibrator. `str()` renders it."""
+    """Table of every quantizer: name, enabled, bits, axis, amax range, zero point, calibrator. `str()` renders it."""
 
     rows: List[dict]
 
     def __str__(self) -> str:
-        header = ("quantizer", "enabled", "bits", "axis", "amax min", "amax max", "calibrator")
+        header = ("quantizer", "enabled", "bits", "axis", "amax min", "amax max", "zero point", "calibrator")
         body = [(r["name"], "yes" if r["enabled"] else "no", str(r["bits"]), str(r["axis"]),
                  "-" if r["amax_min"] is None else f"{r['amax_min']:.4g}",
-                 "-" if r["amax_max"] is None else f"{r['amax_max']:.4g}", r["calibrator"]) for r in self.rows]
+                 "-" if r["amax_max"] is None else f"{r['amax_max']:.4g}", str(r["zero_point"]), r["calibrator"])
+                for r in self.rows]
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*b) for b in body]
@@ -133,6 +135,6 @@ def quant_summary(model: nn.Module) -> QuantSummary:
         amax = q.amax
         rows.append({"name": name, "enabled": q.is_enabled, "bits": q.num_bits, "axis": q.axis,
                      "amax_min": None if amax is None else float(amax.min()),
-                     "amax_max": None if amax is None else float(amax.max()),
+                     "amax_max": None if amax is None else float(amax.max()), "zero_point": q.zero_point,
                      "calibrator": type(q.calibrator).__name__ if q.calibrator is not None else "-"})
     return QuantSummary(rows)

@@ -189,7 +189,8 @@ class _Block:
         x = args[0]
         if id(quantizer) in self.log_scale:
             y = learnable_fake_tensor_quant(x, self.amax(quantizer).to(x.device), quantizer.num_bits,
-                                            quantizer.unsigned, quantizer.narrow_range, quantizer.axis)
+                                            quantizer.unsigned, quantizer.narrow_range, quantizer.axis,
+                                            quantizer.zero_point)
         else:
             y = output
         if self.drop > 0 and self.soft:

@@ -88,7 +88,7 @@ class _Learner:
         x = args[0]
         q = quantizer
         y = learnable_fake_tensor_quant(x, self.amax(self.by_id[id(q)]).to(x.device), q.num_bits, q.unsigned,
-                                        q.narrow_range, q.axis)
+                                        q.narrow_range, q.axis, q.zero_point)
         if self.drop > 0:
             keep = torch.rand(x.shape, generator=self.generator).to(x.device) >= self.drop
             y = torch.where(keep, y, x)

@@ -32,7 +32,7 @@ from .runner import SweepSettings, journal_name, run_sensitivity
 from .units import Unit
 
 CALIBRATION_KEYS = ("model", "repo", "fold_bn", "calib_data", "calib_split", "num_calib", "batch", "imgsz",
-                    "calib_method", "percentile", "weight_method", "ignore", "rules", "quant", "preprocess")
+                    "calib_method", "percentile", "grid", "weight_method", "ignore", "rules", "quant", "preprocess")
 
 
 @dataclass
@@ -176,7 +176,7 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
                    model_info={"source": prep.loaded.source if prep.loaded is not None else settings.model,
                                "spec": settings.model, "layout": prep.layout},
                    extra_settings={"ptq": settings.to_dict(), "calibration": {
-                       "method": settings.calib_method, "weight_method": settings.weight_method,
+                       "method": settings.calib_method, "grid": settings.grid, "weight_method": settings.weight_method,
                        "num_calib": settings.num_calib, "file": cal_file.name},
                        "proxy_images": proxy_images, "metric_requested": requested},
                    verify_factory=verify_factory, calibration_file=cal_file, calibration_note=how)
