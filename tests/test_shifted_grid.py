@@ -165,7 +165,8 @@ def _snr_db(out: np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def yolo_grids(yolov5n_path, coco128_dir, tmp_path_factory):
-    """YOLOv5n with TensorRT rules, mse-calibrated on 8 COCO images at 256 px, symmetric and shifted, exported."""
+    """YOLOv5n mse-calibrated on 8 COCO images at 256 px and exported: TensorRT rules with the symmetric and the
+    shifted grid, and the int8-residual rules with the shifted grid."""
     import copy
 
     from qdqtorch.data import Preprocess, calibration_loader
@@ -182,11 +183,11 @@ def yolo_grids(yolov5n_path, coco128_dir, tmp_path_factory):
     with torch.no_grad():
         float_out = PredictionOnly(loaded.model, loaded.layout)(images).numpy()
     out = {}
-    for grid in ("symmetric", "shifted"):
+    for grid, rules in (("symmetric", "tensorrt"), ("shifted", "tensorrt"), ("residual", "tensorrt-int8-residual")):
         model = copy.deepcopy(loaded.model)
         quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
-        apply_placement(model, placement_from_name("tensorrt"), images[:1])
-        calibrate(model, calib, method="mse", grid=grid, progress=False)
+        apply_placement(model, placement_from_name(rules), images[:1])
+        calibrate(model, calib, method="mse", grid="symmetric" if grid == "symmetric" else "shifted", progress=False)
         wrapped = PredictionOnly(model, loaded.layout)
         path = export_onnx(wrapped, images[:1], tmp_path_factory.mktemp(grid) / "m.onnx")
         out[grid] = (wrapped, path)
@@ -226,9 +227,19 @@ def test_yolov5n_shifted_grid_exports_zero_point_free_and_onnxruntime_agrees(yol
     assert agreement > _snr_db(fake, float_out) + 3.0
 
 
+def test_yolov5n_int8_residual_shortcuts_stay_fused_with_the_shifted_grid(yolo_grids):
+    from qdqtorch.export import check_qdq
+
+    grids, _, _ = yolo_grids
+    report = check_qdq(grids["residual"][1])
+    # the shortcut's shift is taken off the Add's other input, so every residual Add still reads a DQ
+    assert report.ok and not report.by_rule("residual-add-unquantized"), str(report)
+    assert len(check_qdq(grids["shifted"][1]).by_rule("residual-add-unquantized")) == 7  # float shortcuts there
+
+
 def test_yolov5n_shifted_grid_has_less_error_than_symmetric(yolo_grids):
     grids, images, float_out = yolo_grids
     with torch.no_grad():
-        snr = {g: _snr_db(m(images).numpy(), float_out) for g, (m, _) in grids.items()}
+        snr = {g: _snr_db(m(images).numpy(), float_out) for g, (m, _) in grids.items() if g != "residual"}
     # half the step on SiLU outputs: measured about +3 dB on the network output
     assert snr["shifted"] > snr["symmetric"] + 1.0, snr

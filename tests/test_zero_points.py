@@ -153,8 +153,13 @@ def test_fold_removes_zero_points_and_keeps_outputs(shifted) -> None:
         "/depthwise/Conv": "DequantizeLinear>QuantizeLinear>Pad>DequantizeLinear"}
     ops = [n.op_type for n in proto.graph.node]
     # Adds: the model's a + side(x) and one shift before the first Q (the tied re-quantization needs none);
-    # Subs: the true a for a + side(x), and the upsampled graph output
+    # Subs: c off side(x), the Add's other input (so the shortcut's DQ feeds the Add directly, as TensorRT's
+    # Conv + residual fusion needs), and the upsampled graph output
     assert ops.count("Add") == 2 and ops.count("Sub") == 2
+    producer = {t: n for n in proto.graph.node for t in n.output}
+    residual = next(n for n in proto.graph.node if n.op_type == "Add"
+                    and any(producer.get(t) is not None and producer[t].op_type == "Sub" for t in n.input))
+    assert sorted(producer[t].op_type for t in residual.input) == ["DequantizeLinear", "Sub"]
     assert ops.count("Pad") == 2  # strided and depthwise convs pad
 
     after = _run(proto, x)

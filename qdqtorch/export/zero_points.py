@@ -330,6 +330,21 @@ def _shift_through(rw: _Rewriter, node: onnx.NodeProto) -> bool:
     return True
 
 
+def _add(rw: _Rewriter, node: onnx.NodeProto) -> bool:
+    """Add with one shifted input (an int8 residual shortcut): subtract c from the other input instead, so the
+    shortcut's DequantizeLinear still feeds the Add directly (TensorRT fuses DQ -> Add into the Conv before it).
+    False when that does not apply (no or two shifted inputs, broadcasting a shifted input)."""
+    shifted = [i for i, t in enumerate(node.input[:2]) if t in rw.shifts]
+    if len(node.input) != 2 or len(shifted) != 1:
+        return False
+    mine, other = shifted[0], 1 - shifted[0]
+    x = node.input[mine]
+    c_name = rw.add_init(f"{x}_shift", rw.shift_value(x))
+    node.input[other] = rw.emit("Sub", [node.input[other], c_name], f"{node.output[0]}_other_unshift")
+    rw.nodes.append(node)
+    return True
+
+
 def _rewrite_node(rw: _Rewriter, node: onnx.NodeProto) -> None:
     """Dispatch one node in topological order."""
     if node.op_type == "QuantizeLinear":
@@ -340,6 +355,8 @@ def _rewrite_node(rw: _Rewriter, node: onnx.NodeProto) -> None:
         _conv(rw, node)
     elif node.op_type in _VALUE_BLIND:
         rw.nodes.append(node)
+    elif node.op_type == "Add" and _add(rw, node):
+        pass
     elif not _shift_through(rw, node):
         rw.materialize_inputs(node, range(len(node.input)))
         rw.nodes.append(node)
