@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-calib", type=int, default=128, help="calibration images (default 128)")
     p.add_argument("--calib-method", choices=["max", "entropy", "mse", "percentile"], default="max",
                    help="activation amax method for the PTQ starting point (default max)")
+    p.add_argument("--grid", choices=["symmetric", "shifted"], default="symmetric",
+                   help="activation grid of the calibration QAT starts from (shifted: BENCHMARKS.md §8e)")
     p.add_argument("--num-eval", type=int, default=None, help="evaluate on at most this many images")
     p.add_argument("--learn-amax", nargs="*", metavar="REGEX", default=None,
                    help="learn amax: alone for every quantizer, or followed by regexes of quantizer names")
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
     apply_placement(model, placement_from_name(args.rules), next(eval_set.batches(1, args.device))[1])
     calib = calibration_loader(args.images, preprocess, batch_size=args.batch, num_images=args.num_calib,
                                workers=args.workers)
-    calibrate(model, calib, method=args.calib_method, device=args.device)
+    calibrate(model, calib, method=args.calib_method, device=args.device, grid=args.grid)
     score("ptq")
 
     teacher = make_teacher(model)

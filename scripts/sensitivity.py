@@ -40,6 +40,7 @@ DEMO = {"model": str(DEMO_DIR / "shapes_detector.safetensors"), "data": str(DEMO
 
 def run_parser() -> argparse.ArgumentParser:
     from qdqtorch.calib import AMAX_METHODS, WEIGHT_METHODS
+    from qdqtorch.nn import GRIDS
     from qdqtorch.rules import PLACEMENTS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model, data and calibration (as scripts/ptq.py)")
@@ -58,6 +59,9 @@ def run_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=S, help="batch size (default 16)")
     g.add_argument("--calib-method", choices=AMAX_METHODS, default=S)
     g.add_argument("--percentile", type=float, default=S)
+    g.add_argument("--grid", choices=GRIDS, default=S,
+                   help="activation grid: symmetric (default) or shifted (zero point for one-sided tensors, folded "
+                        "away in the export; BENCHMARKS.md §8e)")
     g.add_argument("--weight-method", choices=WEIGHT_METHODS, default=S)
     g.add_argument("--ignore", nargs="+", default=S, metavar="REGEX", help="layers kept float throughout")
     g.add_argument("--rules", choices=PLACEMENTS, default=S,

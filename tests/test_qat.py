@@ -381,3 +381,23 @@ def test_qat_example_scores_fidelity_of_ptq_and_qat_on_the_demo(tmp_path):
         assert 0.0 < f["map50_95"] <= f["map50"] <= 1.0
     assert ptq["map50_95"] < 1.0                     # INT8 changes some boxes
     assert qat["map50_95"] >= ptq["map50_95"] - 0.01  # distilling towards float keeps (here: raises) agreement
+
+
+def test_qat_checkpoint_keeps_the_shifted_grid_and_reads_files_from_before_it(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = toy_calibrated()
+    q = model.model[2]._input_quantizer
+    q.zero_point = -100
+    path = save_qat_checkpoint(model, tmp_path / "qat.safetensors")
+    fresh = toy_calibrated()
+    load_qat_checkpoint(fresh, path)
+    assert fresh.model[2]._input_quantizer.zero_point == -100
+    # a checkpoint written before zero points existed has no `_zero_point` keys: it loads strictly, as grid 0
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys() if not k.endswith("._zero_point")}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    load_qat_checkpoint(fresh, tmp_path / "old.safetensors")
+    assert all(q.zero_point == 0 for _, q in named_quantizers(fresh))

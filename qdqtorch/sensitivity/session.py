@@ -157,7 +157,10 @@ def build_session(settings: PTQSettings, out_dir: Path, *, metric: str = "map50_
         fn = import_callable(metric, "--metric")
         the_metric = Metric(fn, metric, higher_is_better, {"metric": metric, "summary": f"custom metric {metric}"})
 
-    key = json_fingerprint({k: settings.to_dict()[k] for k in CALIBRATION_KEYS})[:16]
+    identity = {k: settings.to_dict()[k] for k in CALIBRATION_KEYS}
+    if identity["grid"] == "symmetric":
+        del identity["grid"]  # the same file name as before shifted grids existed
+    key = json_fingerprint(identity)[:16]
     cal_file = Path(calibration) if calibration else out_dir / f"calibration-{key}.json"  # JSON: written atomically
     how, calib_batches = _calibrate_or_load(prep, cal_file, calibration, calib_distributed, progress)
     proxy_batches = _proxy_batches(prep, proxy_images, calib_batches)
