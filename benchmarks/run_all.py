@@ -68,6 +68,17 @@ COMMANDS = [
     ("bits", "§8d", "OMP_NUM_THREADS=1 python benchmarks/fidelity_vs_bits.py --imgsz 320 --num-calib 32"),
     ("bits_ppe", "§8d", "OMP_NUM_THREADS=1 python benchmarks/fidelity_vs_bits.py --imgsz 320 --num-calib 32 --model "
                         "../shared/models/ppe_yolov5n.pt"),
+    ("grids", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models ../shared/models/yolov5n.pt "
+                     "--methods none --calib-methods mse max --grids symmetric shifted --out runs/grids_v5n"),
+    ("grids_ppe", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                         "../shared/models/ppe_yolov5n.pt --methods none --calib-methods mse max --grids symmetric "
+                         "shifted --out runs/grids_ppe"),
+    ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                              "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
+                              "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
+    ("grids_recovery_ppe", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                                  "../shared/models/ppe_yolov5n.pt --methods none adaround ranges --rules tensorrt "
+                                  "--grids shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_ppe"),
     ("families", "§9", "python benchmarks/families.py --out runs/families"),
     ("families_v7", "§9", "OMP_NUM_THREADS=1 python benchmarks/families.py --out runs/families_v7 --only yolov7"),
     ("qat3_residual", "§6b", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
