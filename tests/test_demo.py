@@ -193,3 +193,30 @@ def test_ultralytics_val_of_the_export_matches_our_onnxruntime_score(demo_run, t
     ours = summary["int8_onnxruntime"]
     assert abs(metrics.box.map - ours["map50_95"]) < 0.005, (metrics.box.map, ours["map50_95"])
     assert abs(metrics.box.map50 - ours["map50"]) < 0.01, (metrics.box.map50, ours["map50"])
+
+
+def test_shifted_grid_on_the_yolov8_style_demo_exports_zero_point_free_and_runtime_agrees(demo_run, tmp_path):
+    """--grid shifted through the whole job on a C2f/SPPF detector (Split, Concat, MaxPool, Resize carry the shift)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from qdqtorch.export import check_qdq
+
+    _, symmetric, _ = demo_run
+    proc = run_script("--out", tmp_path, "--grid", "shifted", "--ort-eval", "--check")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings"]["grid"] == "shifted"
+    calib = json.loads((tmp_path / "calibration.json").read_text())["quantizers"]
+    shifted = [name for name, entry in calib.items() if entry["zero_point"]]
+    assert len(shifted) > len(calib) // 4      # the image and the SiLU outputs
+    proto = onnx.load(str(tmp_path / "model.qdq.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in proto.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points and not any(z.any() for z in zero_points)  # what TensorRT accepts
+    assert summary["qdq_check"]["errors"] == []   # the pipeline's check (the DFL conv is float by design)
+    assert {f.node for f in check_qdq(proto).errors} <= {"/model/model.14/dfl/conv/Conv"}
+    # the folded graph in ONNX Runtime scores what fake quant does, and the demo stays as good as symmetric
+    assert abs(summary["int8_onnxruntime"]["map50_95"] - summary["int8"]["map50_95"]) < 0.01
+    assert summary["int8"]["map50_95"] > symmetric["int8"]["map50_95"] - 0.02
