@@ -171,3 +171,30 @@ def test_yolov7_repconv_checkpoint_through_the_ptq_job(rep_path, coco128_dir, tm
     nodes = onnx.load(summary["onnx"]).graph.node
     convs = [sum(n.op_type == "Conv" and f"/model.{i}/" in n.name for n in nodes) for i in REPCONV_LAYERS]
     assert convs == ([1, 1, 1] if fuse else [2, 2, 2])
+
+
+@pytest.mark.parametrize("which", ["tiny", "rep"])
+def test_yolov7_shifted_grid_exports_zero_point_free_and_onnxruntime_agrees(which, tiny_path, rep_path, tmp_path):
+    """--grid shifted on YOLOv7 (LeakyReLU tiny, SiLU + RepConv rep-small): whatever gets a zero point, the export
+    folds it away and ONNX Runtime computes what fake quant does."""
+    from onnx import numpy_helper
+
+    from qdqtorch.export.runtime import OnnxRuntimeModule
+    from qdqtorch.quantize import named_quantizers
+    loaded = load_model(tiny_path if which == "tiny" else rep_path, repo=YOLOV7_REPO_FIXTURE)
+    model = loaded.model
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    quantize_model(model, {"ignore": loaded.default_ignore})
+    apply_tensorrt_rules(model, x[:1], residual="int8")
+    calibrate(model, [x[:1], x[1:]], grid="shifted", progress=False)
+    assert any(q.zero_point for _, q in named_quantizers(model))  # the image at least
+    path = export_onnx(model, x[:1], tmp_path / f"{which}.onnx", dynamic_batch=False)
+    assert check_qdq(path).ok
+    proto = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert not any(inits[n.input[2]].any() for n in proto.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits)
+    with torch.no_grad():
+        fake = select_predictions(model(x), loaded.layout)
+    ort = OnnxRuntimeModule(path, int8_kernels=False)(x)
+    assert float(nn.functional.cosine_similarity(fake.flatten(), ort.flatten(), dim=0)) > 0.999
