@@ -71,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="activation grid: symmetric (default, TensorRT's zero point 0) or shifted: tensors that are "
                         "almost one-sided (SiLU outputs, the image) get a zero point so all 255 codes cover their "
                         "range; the ONNX export folds the shift into the next convs' biases, so TensorRT still sees "
-                        "zero point 0. Measured (BENCHMARKS.md §8e): the largest fidelity gain of any option")
+                        "zero point 0. Measured (BENCHMARKS.md §8e): the largest fidelity gain of any option; "
+                        "opt-in because TensorRT's speed on the folded graph is not measured yet")
     p.add_argument("--weight-method", choices=WEIGHT_METHODS, default=S,
                    help="weight amax method (default max)")
     p.add_argument("--recover", choices=RECOVER_CHOICES, default=S,
