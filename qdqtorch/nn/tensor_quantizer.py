@@ -63,6 +63,8 @@ class TensorQuantizer(nn.Module):
     is quantizing; `collect_stats` switches to calibrating and back.
     """
 
+    _zero_point_value: int = 0  # also for quantizers unpickled from before zero points existed
+
     def __init__(self, desc: Union[QuantDescriptor, Mapping[str, Any]] = QUANT_DESC_8BIT_PER_TENSOR,
                  name: str = "", disabled: bool = False) -> None:
         super().__init__()
@@ -73,7 +75,8 @@ class TensorQuantizer(nn.Module):
         self._if_calib = False
         self._calibrator: Optional[Calibrator] = make_calibrator(self.desc)
         self.register_buffer("_amax", torch.empty(0))
-        self.register_buffer("_zero_point", torch.zeros((), dtype=torch.int32))
+        self.register_buffer("_zero_point", torch.zeros((), dtype=torch.int32))  # saved with the model
+        self._zero_point_value = 0  # the same as a Python int: forward reads it without a device sync
         self._export_warned = False
         if self.desc.amax is not None:
             self.amax = self.desc.amax
@@ -129,7 +132,7 @@ class TensorQuantizer(nn.Module):
         """Integer zero point of a per-tensor signed grid: 0 is TensorRT's symmetric grid; non-zero moves the same
         codes to cover ``[min_bound - zp, max_bound - zp] * scale`` (a shifted grid for one-sided tensors, fitted by
         `load_calib_amax(grid="shifted")`). `export_onnx` folds it into the consumers: TensorRT sees zero point 0."""
-        return int(self._zero_point)
+        return self._zero_point_value
 
     @zero_point.setter
     def zero_point(self, value: int) -> None:
@@ -144,6 +147,7 @@ class TensorQuantizer(nn.Module):
                 raise CalibrationError(f"{self.label}: zero point {value} is outside the code range "
                                        f"[{lo}, {hi}]")
         self._zero_point.fill_(value)
+        self._zero_point_value = value
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -155,6 +159,7 @@ class TensorQuantizer(nn.Module):
             state_dict[zp_key] = torch.zeros((), dtype=torch.int32)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        self._zero_point_value = int(self._zero_point)
 
     def load_calib_amax(self, method: Optional[str] = None, strict: bool = True, grid: str = "symmetric",
                         **kwargs: Any) -> None:
