@@ -90,6 +90,11 @@ COMMANDS = [
                                      "--val-data ../shared/data/coco128/coco128.yaml --epochs 3 --imgsz 640 --batch 16 "
                                      "--device cpu --rules tensorrt-int8-residual --calib-method mse --grid shifted "
                                      "--out runs/qat3_residual_shifted"),
+    ("qat8_residual_shifted", "§6b", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
+                                     "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 "
+                                     "--val-data ../shared/data/coco128/coco128.yaml --epochs 8 --imgsz 640 --batch 16 "
+                                     "--device cpu --rules tensorrt-int8-residual --calib-method mse --grid shifted "
+                                     "--out runs/qat8_residual_shifted"),
     ("qat8_residual", "§6b", "python examples/qat_distill.py --model ../shared/models/yolov5n.pt --repo "
                              "tests/fixtures/yolov5_repo --images ../shared/data/coco128/images/train2017 --val-data "
                              "../shared/data/coco128/coco128.yaml --epochs 8 --imgsz 640 --batch 16 --device cpu "
