@@ -45,13 +45,13 @@ class HistogramCalibrator:
         x = x.detach().float().reshape(-1)
         if x.numel() == 0:
             return
-        low = float(x.min())
-        self.min_value = low if self.min_value is None else min(self.min_value, low)
+        low, high = (float(v) for v in torch.aminmax(x))  # one pass for both ends: max |x| and the minimum
         x = x.abs()
         self.num_collected += 1
-        xmax = float(x.max())
-        if not math.isfinite(xmax):
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise NonFiniteError("input holds NaN/Inf values")
+        self.min_value = low if self.min_value is None else min(self.min_value, low)
+        xmax = max(-low, high)
         if self.counts is None:
             if xmax == 0.0:
                 self._pending_zeros += x.numel()

@@ -21,16 +21,22 @@ class MaxCalibrator:
         self.axis = axis
         self.unsigned = unsigned
         self._max: Optional[torch.Tensor] = None
-        self.min_value: Optional[float] = None  # signed minimum (per-tensor only), for shifted grids
+        self._min: Optional[torch.Tensor] = None  # signed minimum (per-tensor only), for shifted grids
         self.num_collected = 0
+
+    @property
+    def min_value(self) -> Optional[float]:
+        """The most negative value collected (per-tensor calibrators; None before data or per channel)."""
+        return None if self._min is None else float(self._min)
 
     def collect(self, x: torch.Tensor) -> None:
         """Fold one tensor into the running max (kept on the tensor's device)."""
         x = x.detach()
         if self.axis is None:
-            amax = x.abs().amax().float()
-            low = float(x.min()) if x.numel() else 0.0
-            self.min_value = low if self.min_value is None else min(self.min_value, low)
+            low, high = torch.aminmax(x)  # one pass for max |x| and the minimum, kept on the device (no sync)
+            amax = torch.maximum(-low, high).float()
+            low = low.float()
+            self._min = low if self._min is None else torch.minimum(self._min, low.to(self._min.device))
         else:
             axis = normalize_axis(self.axis, x.dim(), x.shape)
             dims = [d for d in range(x.dim()) if d != axis]
@@ -52,8 +58,9 @@ class MaxCalibrator:
 
     def merge_(self, other: "MaxCalibrator") -> None:
         """Fold another calibrator's statistics into this one (tied quantizers, distributed ranks)."""
-        if other.min_value is not None:
-            self.min_value = other.min_value if self.min_value is None else min(self.min_value, other.min_value)
+        if other._min is not None:
+            theirs_min = other._min.to(self._min.device) if self._min is not None else other._min.clone()
+            self._min = theirs_min if self._min is None else torch.minimum(self._min, theirs_min)
         if other._max is None:
             return
         theirs = other._max
@@ -75,12 +82,13 @@ class MaxCalibrator:
         value = state["max"]
         self._max = None if value is None else torch.as_tensor(value, dtype=torch.float32).to(device).clone()
         self.num_collected = int(state["n"])
-        self.min_value = state.get("min")
+        low = state.get("min")
+        self._min = None if low is None else torch.tensor(float(low)).to(device)
 
     def reset(self) -> None:
         """Forget everything collected."""
         self._max = None
-        self.min_value = None
+        self._min = None
         self.num_collected = 0
 
     def __repr__(self) -> str:

@@ -333,9 +333,9 @@ def _shift_through(rw: _Rewriter, node: onnx.NodeProto) -> bool:
 def _add(rw: _Rewriter, node: onnx.NodeProto) -> bool:
     """Add with one shifted input (an int8 residual shortcut): subtract c from the other input instead, so the
     shortcut's DequantizeLinear still feeds the Add directly (TensorRT fuses DQ -> Add into the Conv before it).
-    False when that does not apply (no or two shifted inputs, broadcasting a shifted input)."""
+    False when that does not apply (not an Add, or no or two shifted inputs)."""
     shifted = [i for i, t in enumerate(node.input[:2]) if t in rw.shifts]
-    if len(node.input) != 2 or len(shifted) != 1:
+    if node.op_type != "Add" or len(node.input) != 2 or len(shifted) != 1:
         return False
     mine, other = shifted[0], 1 - shifted[0]
     x = node.input[mine]
@@ -355,9 +355,7 @@ def _rewrite_node(rw: _Rewriter, node: onnx.NodeProto) -> None:
         _conv(rw, node)
     elif node.op_type in _VALUE_BLIND:
         rw.nodes.append(node)
-    elif node.op_type == "Add" and _add(rw, node):
-        pass
-    elif not _shift_through(rw, node):
+    elif not (_add(rw, node) or _shift_through(rw, node)):
         rw.materialize_inputs(node, range(len(node.input)))
         rw.nodes.append(node)
 

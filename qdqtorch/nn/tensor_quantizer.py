@@ -174,10 +174,10 @@ class TensorQuantizer(nn.Module):
         calib = self._calibrator
         if calib is None:
             raise CalibrationError(f"{self.label}: has no calibrator")
-        if isinstance(calib, HistogramCalibrator):
-            amax = calib.compute_amax(effective_method(method, self.desc.calib_method), **kwargs)
-        else:
-            amax = calib.compute_amax()
+        method = effective_method(method, self.desc.calib_method)
+        if grid == "shifted" and self._fit_shifted_grid(calib, method, **kwargs):
+            return
+        amax = calib.compute_amax(method, **kwargs) if isinstance(calib, HistogramCalibrator) else calib.compute_amax()
         if amax is None:
             if strict:
                 raise CalibrationError(f"{self.label}: its calibrator saw no data: the forward pass never reached "
@@ -191,22 +191,17 @@ class TensorQuantizer(nn.Module):
                           f"values quantize to 0 with a tiny positive scale", stacklevel=2)
         self.amax = amax
         self.zero_point = 0
-        if grid == "shifted":
-            self._fit_shifted_grid(effective_method(method, self.desc.calib_method), **kwargs)
 
-    def _fit_shifted_grid(self, method: Optional[str], **kwargs: Any) -> bool:
-        """Move the grid to [min, end] when the tensor is almost one-sided: `end` is the calibration method's range
-        end for a one-sided grid (all 2**bits - 1 steps on the positive side), min the most negative value seen.
-        Returns whether the grid was shifted."""
-        calib = self._calibrator
-        low = getattr(calib, "min_value", None)
+    def _fit_shifted_grid(self, calib: Calibrator, method: str, **kwargs: Any) -> bool:
+        """Set a shifted grid [min, end] when the tensor is almost one-sided: `end` is the calibration method's
+        range end for a one-sided grid (all 2**bits - 1 steps on the positive side), min the most negative value
+        seen. Returns False (nothing set) for a tensor that gets the symmetric grid."""
+        low = calib.min_value
         if self.axis is not None or self.unsigned or low is None:
             return False
-        if isinstance(calib, HistogramCalibrator):
-            end = calib.compute_amax(method or "max", unsigned=True, **kwargs)
-        else:
-            end = calib.compute_amax()
-        high, low = float(end) if end is not None else 0.0, min(float(low), 0.0)
+        end = calib.compute_amax(method, unsigned=True, **kwargs) if isinstance(calib, HistogramCalibrator) \
+            else calib.compute_amax()
+        high, low = float(end) if end is not None else 0.0, min(low, 0.0)
         if high <= 0.0 or -low > SHIFT_MAX_NEGATIVE * high:
             return False
         qmin, qmax = quant_bounds(self.num_bits, self.unsigned, self.narrow_range)

@@ -177,7 +177,7 @@ def calibrate(model: nn.Module, data: Iterable, num_batches: Optional[int] = Non
               **kwargs: Any) -> None:
     """collect_stats + compute_amax in one call; a histogram `method` switches per-tensor activation quantizers
     from max to histogram calibrators first."""
-    prepare_calibrators(model, method, "calibrate")
     check_grid(grid, "calibrate")
+    prepare_calibrators(model, method, "calibrate")
     collect_stats(model, data, num_batches, device=device, preprocess=preprocess, progress=progress)
     compute_amax(model, method, weight_method=weight_method, progress=progress, grid=grid, **kwargs)

@@ -106,8 +106,8 @@ def distributed_calibrate(model: nn.Module, data: Iterable, num_batches: Optiona
     """Like `qdqtorch.calibrate`, but rank r feeds batches r, r+W, r+2W, ... of the first `num_batches`, the
     statistics are all-reduced, and rank 0's amax is broadcast, so every rank ends with the same calibration."""
     rank, world = rank_and_world()
-    prepare_calibrators(model, method, "distributed_calibrate")
     check_grid(grid, "distributed_calibrate")
+    prepare_calibrators(model, method, "distributed_calibrate")
     mine = itertools.islice(data, rank, num_batches, world)
     total = None if num_batches is None else len(range(rank, num_batches, world))
     if total != 0:  # a rank without batches still joins the all-reduce
