@@ -36,7 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="none, or a recovery method (adaround, gptq, nearest = bias correction only; ranges = "
                         "activation amax fitted to the outputs; w+ranges = both, e.g. adaround+ranges; block = block "
                         "reconstruction, weight rounding and activation ranges per block with QDrop; "
-                        "block:drop=0,learn_ranges=0 passes options)")
+                        "block:drop=0,learn_ranges=0 passes options; distill = short label-free QAT from the float "
+                        "model on --num-calib images (qdqtorch.qat.fine_tune), distill:epochs=3,lr=2e-5 passes "
+                        "options)")
     p.add_argument("--block-iters", type=int, default=300, help="steps per block of --methods block")
     p.add_argument("--calib-methods", nargs="+", default=["mse"],
                    help="activation calibration methods: max, entropy, mse, percentile or percentile:<value> "
@@ -47,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-calib", type=int, default=128)
     p.add_argument("--num-eval", type=int, default=None)
     p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--recover-images", type=int, default=16)
+    p.add_argument("--recover-images", type=int, default=16, help="images of the layer/block-wise methods (distill "
+                                                                   "fits on --num-calib)")
     p.add_argument("--out", default="runs/bench_recovery")
     return p.parse_args(argv)
 
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> list:
     from qdqtorch.export.runtime import OnnxRuntimeModule
     from qdqtorch.host_memory import reuse_freed_memory
     from qdqtorch.models import PredictionOnly, load_model
+    from qdqtorch.qat import fine_tune
     from qdqtorch.recovery import recover_weights, refine_ranges
     from qdqtorch.recovery.blocks import reconstruct_blocks
     from qdqtorch.rules import apply_placement, placement_from_name
@@ -97,14 +101,19 @@ def run(args: argparse.Namespace) -> list:
                         t0 = time.perf_counter()
                         weights, _, ranges = method.partition("+")
                         data = calibration_loader(args.data, pp, batch_size=16, num_images=args.recover_images)
-                        if weights.startswith("block"):   # block, or block:key=value,... (reconstruct_blocks)
+                        if weights.startswith("distill"):   # distill, or distill:epochs=3,lr=2e-5
+                            options = {k: (int(v) if k == "epochs" else float(v)) for k, _, v in
+                                       (o.partition("=") for o in weights.partition(":")[2].split(",") if o)}
+                            data = calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib)
+                            print(fine_tune(candidate, data, num_images=args.num_calib, progress=False, **options))
+                        elif weights.startswith("block"):   # block, or block:key=value,... (reconstruct_blocks)
                             options = {k: float(v) for k, _, v in (o.partition("=") for o in
                                                                    weights.partition(":")[2].split(",") if o)}
                             if "learn_ranges" in options:
                                 options["learn_ranges"] = bool(options["learn_ranges"])
                             print(reconstruct_blocks(candidate, data, num_images=args.recover_images,
                                                      iters=args.block_iters, progress=False, **options))
-                        elif weights != "ranges":
+                        elif weights not in ("ranges", ""):
                             recover_weights(candidate, data, method=weights, num_images=args.recover_images,
                                             progress=False)
                         if "ranges" in (weights, ranges):

@@ -78,10 +78,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recover", choices=RECOVER_CHOICES, default=S,
                    help="after calibration, label-free recovery against the float model: re-round weights so each "
                         "layer's output matches float (adaround: learned rounding; gptq; nearest: only with "
-                        "--bias-correction), ranges: fit activation amax to the network's outputs; w+ranges: both. "
-                        "Measured on YOLOv5n (BENCHMARKS.md §8): none raises fidelity beyond its noise; adaround "
-                        "raises fake-quant COCO mAP by about 0.01, ranges lowers it: measure on your model")
-    p.add_argument("--recover-images", type=int, default=S, help="images the recovery fits on (default 16)")
+                        "--bias-correction), ranges: fit activation amax to the network's outputs; w+ranges: both; "
+                        "distill: fine-tune the fake-quant model from its float copy for --recover-epochs passes "
+                        "(a short label-free QAT). Measured on YOLOv5n and PPE (BENCHMARKS.md §8, §8f): only distill "
+                        "with --grid shifted raises fidelity beyond its noise")
+    p.add_argument("--recover-images", type=int, default=S,
+                   help="calibration images the recovery fits on (default 16; distill: --num-calib)")
+    p.add_argument("--recover-epochs", type=int, default=S, help="--recover distill: passes over the images "
+                                                                 "(default 8)")
     p.add_argument("--bias-correction", action="store_true", default=S,
                    help="with --recover: shift biases to cancel each layer's mean output error")
     p.add_argument("--ignore", nargs="+", default=S, metavar="REGEX",

@@ -23,7 +23,9 @@ DEFAULT_IMGSZ = 640         # when neither the settings nor the checkpoint give 
 ONNX_SHAPES = ("static", "dynamic-batch")
 
 
-RECOVER_CHOICES = ("adaround", "gptq", "nearest", "ranges", "adaround+ranges", "gptq+ranges", "nearest+ranges")
+RECOVER_CHOICES = ("adaround", "gptq", "nearest", "ranges", "adaround+ranges", "gptq+ranges", "nearest+ranges",
+                   "distill")
+LAYERWISE_RECOVER_IMAGES = 16   # default recover_images of every method but distill (which fits on num_calib)
 
 
 @dataclass
@@ -53,8 +55,11 @@ class PTQSettings:
                                               # outputs) all 255 codes; export folds the shift (BENCHMARKS.md §8e)
     weight_method: str = "max"
     recover: Optional[str] = None             # label-free recovery after calibration (RECOVER_CHOICES): adaround,
-                                              # gptq, nearest (weights), ranges (activation amax), or "w+ranges"
-    recover_images: int = 16                  # calibration images the recovery fits on (one paired forward pass)
+                                              # gptq, nearest (weights), ranges (activation amax), "w+ranges", or
+                                              # distill (short label-free QAT from the float model, fine_tune)
+    recover_images: Optional[int] = None      # calibration images the recovery fits on (default 16; distill:
+                                              # num_calib)
+    recover_epochs: int = 8                   # distill: passes over the recover_images
     bias_correction: bool = False             # with recover: also shift biases to cancel each layer's mean error
     ignore: List[str] = field(default_factory=list)
     rules: Optional[str] = DEFAULT_RULES      # placement: "tensorrt" (what one ships), "tensorrt-int8-residual",
@@ -94,11 +99,21 @@ class PTQSettings:
             raise UsageError(f"rules must be one of {PLACEMENTS}, got {self.rules!r}")
         if self.recover not in (None, *RECOVER_CHOICES):
             raise UsageError(f"recover must be one of {RECOVER_CHOICES} or unset, got {self.recover!r}")
-        for name in ("num_calib", "batch", "imgsz", "recover_images"):
+        for name in ("num_calib", "batch", "imgsz", "recover_images", "recover_epochs"):
             if getattr(self, name) is not None and int(getattr(self, name)) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.bias_correction and self.recover in (None, "ranges", "distill"):
+            raise UsageError(f"bias_correction works with a weight recovery (adaround, gptq, nearest), not with "
+                             f"recover={self.recover!r}")
         if isinstance(self.ignore, str):
             self.ignore = [self.ignore]
+
+    @property
+    def recovery_images(self) -> int:
+        """Images the recovery fits on: recover_images, else num_calib for distill and 16 for the others."""
+        if self.recover_images is not None:
+            return int(self.recover_images)
+        return int(self.num_calib) if self.recover == "distill" else LAYERWISE_RECOVER_IMAGES
 
     def to_dict(self) -> dict:
         """JSON-able dict of every setting."""

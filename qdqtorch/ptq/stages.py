@@ -330,32 +330,43 @@ def calibrate(prep: Prepared, data: Optional[Iterable] = None, *, progress: bool
 
 
 def recover(prep: Prepared, *, progress: bool = True, log=print) -> Optional[Any]:
-    """Label-free recovery after calibration on `recover_images` calibration images (settings.recover): re-round
-    the weights against the float model (adaround/gptq/nearest, with bias_correction), then with "ranges" fit the
-    activation amax to the network's outputs. Returns the last report, or None when the settings ask for none."""
+    """Label-free recovery after calibration on the settings' recovery images: re-round the weights against the
+    float model (adaround/gptq/nearest, with bias_correction), with "ranges" fit the activation amax to the network's
+    outputs, or with "distill" fine-tune the whole model from its float copy (`qdqtorch.qat.fine_tune`). Returns the
+    last report, or None when the settings ask for none."""
     s = prep.settings
     if not s.recover:
         return None
     from ..data import calibration_loader
     from ..recovery import recover_weights, refine_ranges
+    num_images = s.recovery_images
     if is_callable_spec(s.calib_data):
         data: Any = calibration_data(s, prep.preprocess)
     else:
         data = calibration_loader(s.calib_data or s.data, prep.preprocess, batch_size=s.batch,
-                                  num_images=s.recover_images, workers=s.workers, split=s.calib_split)
+                                  num_images=num_images, workers=s.workers, split=s.calib_split)
     t0 = time.perf_counter()
-    weights, _, ranges = s.recover.partition("+")
     result: Any = None
     summary: Dict[str, Any] = {"method": s.recover}
+    if s.recover == "distill":
+        from ..qat import fine_tune
+        result = fine_tune(prep.model, data, epochs=s.recover_epochs, num_images=num_images, batch_size=s.batch,
+                           device=s.device, progress=progress)
+        summary.update(result.to_dict())
+        log(str(result))
+        prep.timings["recover"] = time.perf_counter() - t0
+        prep.summary["recovery"] = summary
+        return result
+    weights, _, ranges = s.recover.partition("+")
     if weights == "ranges":
         weights, ranges = "", "ranges"
     if weights:
         result = recover_weights(prep.model, data, method=weights, bias_correction=s.bias_correction,
-                                 num_images=s.recover_images, device=s.device, progress=progress)
+                                 num_images=num_images, device=s.device, progress=progress)
         summary.update({k: v for k, v in result.to_dict().items() if k not in ("layers", "method")})
         log(str(result))
     if ranges:
-        result = refine_ranges(prep.model, data, num_images=s.recover_images, device=s.device, progress=progress)
+        result = refine_ranges(prep.model, data, num_images=num_images, device=s.device, progress=progress)
         summary["ranges"] = {k: v for k, v in result.to_dict().items() if k != "amax"}
         summary.setdefault("images", result.images)
         log(str(result))

@@ -10,12 +10,15 @@ Typical loop (inside a training repository)::
     for images in loader:
         loss = criterion(images); optimizer.zero_grad(); loss.backward(); optimizer.step()
     save_qat_checkpoint(model, "qat.safetensors")       # load_qat_checkpoint into a fresh quantize_model-ed model
+
+Or all of it in one call, as a post-calibration recovery step: ``fine_tune(model, loader, epochs=8)``.
 """
 from .checkpoint import load_qat_checkpoint, save_qat_checkpoint
 from .distill import DistillationLoss, default_blocks, make_teacher
+from .fine_tune import FineTuneReport, fine_tune
 from .prepare import (QATReport, amax_parameters, freeze_batchnorm, is_batchnorm_frozen, make_amax_learnable,
                       param_groups, prepare_qat, unfreeze_batchnorm)
 
 __all__ = ["prepare_qat", "QATReport", "freeze_batchnorm", "unfreeze_batchnorm", "is_batchnorm_frozen",
            "make_amax_learnable", "amax_parameters", "param_groups", "make_teacher", "DistillationLoss",
-           "default_blocks", "save_qat_checkpoint", "load_qat_checkpoint"]
+           "default_blocks", "save_qat_checkpoint", "load_qat_checkpoint", "fine_tune", "FineTuneReport"]

@@ -1,0 +1,148 @@
+"""fine_tune: a short label-free QAT run as a post-calibration recovery step: distill the calibrated fake-quant model
+from its own float copy on a few unlabelled images, keep the result only when the distillation loss went down."""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import UsageError
+from .distill import Blocks, DistillationLoss, make_teacher
+from .prepare import LearnAmax, param_groups, prepare_qat, unfreeze_batchnorm
+
+
+@dataclass
+class FineTuneReport:
+    """What `fine_tune` did: images and epochs, the distillation loss on those images before and after (no
+    gradient, BatchNorm in eval mode), the mean training loss of each epoch, and whether the result was kept."""
+
+    images: int
+    epochs: int
+    steps: int = 0
+    loss_before: float = math.nan
+    loss_after: float = math.nan
+    epoch_losses: List[float] = field(default_factory=list)
+    kept: bool = True
+    seconds: float = 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        verdict = "kept" if self.kept else "not lower: the calibrated model was put back"
+        return (f"fine-tune (distillation from float): {self.epochs} epochs on {self.images} images "
+                f"({self.steps} steps) in {self.seconds:.1f}s, distillation loss {self.loss_before:.4g} -> "
+                f"{self.loss_after:.4g} ({verdict})")
+
+
+def _first_input(batch: Any) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise UsageError(f"fine_tune: batches must be image tensors or tuples whose first item is one, got "
+                     f"{type(batch).__name__}")
+
+
+def _gather(data: Iterable, num_images: int) -> torch.Tensor:
+    """Up to `num_images` inputs from `data`, on the CPU (each epoch shuffles them without re-reading files)."""
+    images: List[torch.Tensor] = []
+    count = 0
+    for batch in data:
+        x = _first_input(batch).detach()
+        images.append(x[:num_images - count].cpu())
+        count += images[-1].shape[0]
+        if count >= num_images:
+            break
+    if not images:
+        raise UsageError("fine_tune: the data yielded no batch; check the calibration images")
+    return torch.cat(images)
+
+
+def _batches(images: torch.Tensor, batch_size: int, order: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    idx = order if order is not None else torch.arange(images.shape[0])
+    return [images[idx[i:i + batch_size]] for i in range(0, images.shape[0], batch_size)]
+
+
+def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: int = 128, batch_size: int = 16,
+              lr: float = 1e-5, amax_lr: Optional[float] = None, optimizer: str = "adam",
+              learn_amax: LearnAmax = False, freeze_bn: bool = True, blocks: Blocks = "auto",
+              block_weight: float = 1.0, output_weight: float = 1.0, seed: int = 0,
+              device: Union[str, torch.device, None] = None, progress: bool = True) -> FineTuneReport:
+    """Fine-tune a quantized, calibrated model in place by distillation from its frozen float copy (per-block MSE
+    plus final-output MSE, `DistillationLoss`) on `num_images` unlabelled images from `data`: `epochs` passes in a
+    new order each (seeded), Adam (or SGD with momentum 0.9) at `lr` on the weights, `amax_lr` (default 100 x lr)
+    on the amax of the quantizers `learn_amax` selects (`prepare_qat`), BatchNorm statistics frozen.
+
+    The quantizers keep their calibration (grid, zero point, and amax unless learned), so the exported Q/DQ ONNX and
+    a saved QAT checkpoint reproduce the result. Afterwards the model is in eval mode with the BatchNorm hooks
+    removed and the parameters' requires_grad as before. When the distillation loss on the images is not lower
+    than before, or on any error or Ctrl-C, the model's state is put back as it was.
+    """
+    if epochs < 1 or num_images < 1 or batch_size < 1:
+        raise UsageError(f"fine_tune: epochs, num_images and batch_size must be >= 1, got {epochs}, {num_images}, "
+                         f"{batch_size}")
+    if optimizer not in ("adam", "sgd"):
+        raise UsageError(f"fine_tune: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    start = time.perf_counter()
+    if device is None:
+        first = next(itertools.chain(model.parameters(), model.buffers()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    images = _gather(data, num_images)
+    report = FineTuneReport(images=images.shape[0], epochs=epochs)
+    saved_state = copy.deepcopy(model.state_dict())
+    saved_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    teacher = make_teacher(model).to(device)
+    loss_fn: Optional[DistillationLoss] = None
+    restore = True
+    try:
+        prepare_qat(model, freeze_bn=freeze_bn, learn_amax=learn_amax)
+        loss_fn = DistillationLoss(model, teacher, blocks=blocks, block_weight=block_weight,
+                                   output_weight=output_weight)
+        fixed = _batches(images, batch_size)
+        report.loss_before = loss_fn.measure(fixed, device=device)["loss"]
+        groups = param_groups(model, lr, amax_lr=amax_lr if amax_lr is not None else lr * 100)
+        opt = torch.optim.Adam(groups) if optimizer == "adam" else torch.optim.SGD(groups, momentum=0.9)
+        generator = torch.Generator().manual_seed(seed)
+        bar = tqdm(total=epochs * len(fixed), desc="fine-tune (distillation)", unit="batch", disable=not progress)
+        with bar:
+            for _ in range(epochs):
+                total = 0.0
+                for batch in _batches(images, batch_size, torch.randperm(images.shape[0], generator=generator)):
+                    loss = loss_fn(batch.to(device, non_blocking=True))
+                    if not torch.isfinite(loss):
+                        raise UsageError(f"fine_tune: the distillation loss became {float(loss)} at step "
+                                         f"{report.steps + 1}; lower lr (now {lr:g})")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += loss_fn.last["loss"] * batch.shape[0]
+                    report.steps += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_fn.last['loss']:.4g}")
+                report.epoch_losses.append(total / images.shape[0])
+        report.loss_after = loss_fn.measure(fixed, device=device)["loss"]
+        report.kept = report.loss_after < report.loss_before
+        restore = not report.kept
+    finally:
+        if loss_fn is not None:
+            loss_fn.remove_hooks()
+        unfreeze_batchnorm(model)
+        if restore:
+            model.load_state_dict(saved_state)
+        for name, p in model.named_parameters():
+            p.requires_grad_(saved_grad.get(name, False))
+            p.grad = None
+        model.train(was_training)
+    report.seconds = time.perf_counter() - start
+    return report
+
