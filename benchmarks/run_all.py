@@ -73,6 +73,11 @@ COMMANDS = [
     ("grids_ppe", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                          "../shared/models/ppe_yolov5n.pt --methods none --calib-methods mse max --grids symmetric "
                          "shifted --out runs/grids_ppe"),
+    ("distill", "§8f", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models ../shared/models/yolov5n.pt "
+                       "--methods none distill --grids shifted --out runs/distill_v5n"),
+    ("distill_ppe", "§8f", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                           "../shared/models/ppe_yolov5n.pt --methods none distill --grids shifted --out "
+                           "runs/distill_ppe"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),

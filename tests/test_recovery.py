@@ -178,7 +178,7 @@ def test_yolov5n_recovery_raises_the_output_snr_over_plain_ptq(yolov5n_path, coc
     assert _head_snr(model, reference, val) > ptq + 0.3   # measured on held-out images
 
 
-@pytest.mark.parametrize("method", ["adaround", "nearest+ranges"])
+@pytest.mark.parametrize("method", ["adaround", "nearest+ranges", "distill"])
 def test_ptq_script_recovers_the_embedded_demo(tmp_path, method):
     from conftest import REPO_ROOT
     import json
@@ -186,12 +186,15 @@ def test_ptq_script_recovers_the_embedded_demo(tmp_path, method):
     import sys
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "ptq.py"), "--out", str(out), "--recover",
-                           method, "--recover-images", "4", "--no-export"], capture_output=True, text=True,
+                           method, "--recover-images", "4", "--recover-epochs", "2", "--no-export"],
+                          capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["recovery"]["method"] == method and summary["recovery"]["images"] == 4
     assert ("ranges" in summary["recovery"]) == method.endswith("ranges")
+    if method == "distill":
+        assert summary["recovery"]["epochs"] == 2 and summary["recovery"]["steps"] == 2
     assert "recover" in summary["timings"] and "recovery" in summary["fields"]
 
 
