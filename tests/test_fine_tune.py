@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from qdqtorch import QuantConfig, calibrate, quantize_model
-from qdqtorch.errors import UsageError
+from qdqtorch.errors import QdqtorchError, UsageError
 from qdqtorch.qat import fine_tune, is_batchnorm_frozen
 from qdqtorch.qat.distill import DistillationLoss
 from qdqtorch.quantize import named_quantizers
@@ -112,7 +112,7 @@ def test_bad_arguments_are_clear_errors():
     model, _, data = _toy()
     with pytest.raises(UsageError, match="epochs"):
         fine_tune(model, [data], epochs=0, progress=False)
-    with pytest.raises(UsageError, match="no batch"):
+    with pytest.raises(QdqtorchError, match="fine_tune: the data yielded no batch"):
         fine_tune(model, [], progress=False)
     with pytest.raises(UsageError, match="optimizer"):
         fine_tune(model, [data], optimizer="lbfgs", progress=False)

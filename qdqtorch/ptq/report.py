@@ -110,8 +110,9 @@ SUMMARY_FIELDS = {
                 "float model's detections exactly), the reference box count, and outputs: SNR (dB) and cosine of "
                 "every output tensor against float on the first images (the whole-network error)",
     "recovery": "label-free recovery after calibration (--recover): method, images, seconds, skipped layers; "
-                "ranges: activation amax refinement (output error before/after, steps, seconds); distill: epochs, steps, "
-                "distillation loss before/after, epoch_losses, kept (false: the calibrated model was put back)",
+                "ranges: activation amax refinement (output error before/after, steps, seconds); distill: epochs, "
+                "steps, distillation loss before/after, epoch_losses, kept (false: the calibrated model was put "
+                "back)",
     "timings": "seconds per stage: load, eval_set, float_eval (the float pass: COCO mAP and the fidelity reference) "
                "or float_reference (no labels), calibrate, recover, int8_eval, export, ort_eval (each evaluation: "
                "COCO mAP and fidelity from one pass)",

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.outputs import describe_structure
-from ..quantize import named_quantizers, run_batch
+from ..quantize import model_device, named_quantizers, run_batch
 from ._util import flatten_tensors, unwrap
 from .prepare import _keep_eval
 from ..errors import UsageError
@@ -199,8 +199,7 @@ class DistillationLoss(nn.Module):
         `qdqtorch.calibrate` (tensor, tuple whose first item is the input, or dict)."""
         inner = unwrap(self.student)
         if device is None:
-            first = next(itertools.chain(inner.parameters(), inner.buffers()), None)
-            device = first.device if first is not None else torch.device("cpu")
+            device = model_device(inner)
         totals: Dict[str, float] = {}
         count = 0
         with _normalization_in_eval(inner):

@@ -3,7 +3,6 @@ from its own float copy on a few unlabelled images, keep the result only when th
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,6 +13,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
+from ..quantize import model_device
+from ..recovery import gather_images
 from .distill import Blocks, DistillationLoss, make_teacher
 from .prepare import LearnAmax, param_groups, prepare_qat, unfreeze_batchnorm
 
@@ -42,30 +43,6 @@ class FineTuneReport:
                 f"{self.loss_after:.4g} ({verdict})")
 
 
-def _first_input(batch: Any) -> torch.Tensor:
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise UsageError(f"fine_tune: batches must be image tensors or tuples whose first item is one, got "
-                     f"{type(batch).__name__}")
-
-
-def _gather(data: Iterable, num_images: int) -> torch.Tensor:
-    """Up to `num_images` inputs from `data`, on the CPU (each epoch shuffles them without re-reading files)."""
-    images: List[torch.Tensor] = []
-    count = 0
-    for batch in data:
-        x = _first_input(batch).detach()
-        images.append(x[:num_images - count].cpu())
-        count += images[-1].shape[0]
-        if count >= num_images:
-            break
-    if not images:
-        raise UsageError("fine_tune: the data yielded no batch; check the calibration images")
-    return torch.cat(images)
-
-
 def _batches(images: torch.Tensor, batch_size: int, order: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
     idx = order if order is not None else torch.arange(images.shape[0])
     return [images[idx[i:i + batch_size]] for i in range(0, images.shape[0], batch_size)]
@@ -92,11 +69,8 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
     if optimizer not in ("adam", "sgd"):
         raise UsageError(f"fine_tune: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     start = time.perf_counter()
-    if device is None:
-        first = next(itertools.chain(model.parameters(), model.buffers()), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
-    images = _gather(data, num_images)
+    device = torch.device(device) if device is not None else model_device(model)
+    images = gather_images(data, num_images, "cpu", who="fine_tune")  # on the CPU: batches move per step
     report = FineTuneReport(images=images.shape[0], epochs=epochs)
     saved_state = copy.deepcopy(model.state_dict())
     saved_grad = {name: p.requires_grad for name, p in model.named_parameters()}

@@ -48,7 +48,8 @@ def run_batch(model: nn.Module, batch: Any, device: torch.device, preprocess: Op
                     "pass preprocess= to turn them into model inputs")
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
 
@@ -83,7 +84,7 @@ def collect_stats(model: nn.Module, data: Iterable, num_batches: Optional[int] =
     Weight quantizers are skipped here (their amax comes from the weights in `compute_amax`). Modes and the
     train/eval flag are restored afterwards, also on error. Returns the number of batches fed.
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     activations = [q for _, q in _calibratable(model)]
     if not activations:
         raise CalibrationError("collect_stats: the model has no enabled activation quantizer with a calibrator; "

@@ -32,7 +32,7 @@ from ..quantize import disable_quantization, named_quantizers, uncalibrated_quan
 from ..tensor_quant import learnable_fake_tensor_quant
 from .layers import scale_and_bounds, skip_reason
 from .ranges import _leaves, _output_error
-from .recover import RecoveryError, _gather
+from .recover import RecoveryError, gather_images
 from .rounding import GAMMA, ZETA
 
 
@@ -282,7 +282,7 @@ def reconstruct_blocks(model: nn.Module, data: Iterable, *, blocks: Optional[Seq
     if not plans:
         raise RecoveryError("reconstruct_blocks: no block holds a quantized Conv/Linear layer; run "
                             "qdqtorch.quantize_model and calibrate first")
-    images = _gather(data, num_images, device)
+    images = gather_images(data, num_images, device, who="reconstruct_blocks")
     n = images.shape[0]
     report = BlockReport(n, iters, drop)
     float_model = copy.deepcopy(model)

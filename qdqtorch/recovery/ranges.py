@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..nn import TensorQuantizer
 from ..quantize import disable_quantization, named_quantizers, uncalibrated_quantizers, weight_quantizer_ids
 from ..tensor_quant import learnable_fake_tensor_quant
-from .recover import RecoveryError, _gather
+from .recover import RecoveryError, gather_images
 
 
 @dataclass
@@ -118,7 +118,7 @@ def refine_ranges(model: nn.Module, data: Iterable, *, num_images: int = 32, ite
     if not quantizers:
         raise RecoveryError("refine_ranges: the model has no enabled activation quantizer; run "
                             "qdqtorch.quantize_model and calibrate first")
-    images = _gather(data, num_images, device)
+    images = gather_images(data, num_images, device, who="refine_ranges")
     n = images.shape[0]
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training

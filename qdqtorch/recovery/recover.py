@@ -10,7 +10,6 @@ with every layer before it already recovered (AdaRound's and QDrop's setting).
 """
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from contextlib import contextmanager
@@ -21,14 +20,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UsageError
+from ..errors import QdqtorchError, UsageError
 from ..nn import TensorQuantizer
-from ..quantize import disable_quantization, named_quantizers, uncalibrated_quantizers, weight_quantizer_ids
+from ..quantize import (disable_quantization, model_device, named_quantizers, uncalibrated_quantizers,
+                        weight_quantizer_ids)
 from .layers import groups_of, input_rows, scale_and_bounds, skip_reason, weight_rows, weighted_quant_layers
 from .rounding import ROUNDINGS, Problem, solve
 
 
-class RecoveryError(RuntimeError):
+class RecoveryError(QdqtorchError, RuntimeError):
     """Recovery could not run on this model or data; the message says why and what to do."""
 
 
@@ -73,26 +73,29 @@ class RecoveryReport:
                 f"error {before:.3g} -> {after:.3g}" + (f"; {len(self.skipped)} skipped" if self.skipped else ""))
 
 
-def _first_input(batch: Any) -> torch.Tensor:
+def _first_input(batch: Any, who: str) -> torch.Tensor:
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
         return batch[0]
-    raise RecoveryError(f"recover_weights: batches must be image tensors or tuples whose first item is one, got "
+    raise RecoveryError(f"{who}: batches must be image tensors or tuples whose first item is one, got "
                         f"{type(batch).__name__}")
 
 
-def _gather(data: Iterable, num_images: int, device: torch.device) -> torch.Tensor:
+def gather_images(data: Iterable, num_images: int, device: Union[str, torch.device], *,
+                  who: str = "recover_weights") -> torch.Tensor:
+    """The first `num_images` inputs of `data` (tensors, or tuples whose first item is the input) as one tensor on
+    `device`: the images a recovery method fits on. `who` names the caller in the error when there are none."""
     images: List[torch.Tensor] = []
     count = 0
     for batch in data:
-        x = _first_input(batch)
+        x = _first_input(batch, who)
         images.append(x[:num_images - count].to(device))
         count += images[-1].shape[0]
         if count >= num_images:
             break
     if not images:
-        raise RecoveryError("recover_weights: the data yielded no batch; check the calibration images")
+        raise RecoveryError(f"{who}: the data yielded no batch; check the calibration images")
     return torch.cat(images)
 
 
@@ -285,15 +288,12 @@ def recover_weights(model: nn.Module, data: Iterable, *, method: str = "adaround
     if method not in ROUNDINGS:
         raise UsageError(f"recover_weights: unknown method {method!r}; choose one of {ROUNDINGS}")
     start = time.perf_counter()
-    if device is None:
-        first = next(itertools.chain(model.parameters(), model.buffers()), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else model_device(model)
     missing = uncalibrated_quantizers(model)
     if missing:
         raise RecoveryError(f"recover_weights: {len(missing)} enabled quantizer(s) have no amax ({missing[:5]}); "
                             "calibrate the model (qdqtorch.calibrate) first")
-    images = _gather(data, num_images, device)
+    images = gather_images(data, num_images, device)
     n = images.shape[0]
     layers = weighted_quant_layers(model)
     todo = [(name, m) for name, m in layers if skip_reason(m) is None]

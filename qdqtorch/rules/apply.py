@@ -13,6 +13,7 @@ from torch import nn
 from ..descriptor import QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from ..models.describe import FLOAT_MODULE_CLASSES
 from ..nn import TensorQuantizer
+from ..quantize.calibrate import model_device
 from ..quantize.control import named_quantizers, weight_quantizer_ids
 from ..quantize.replace import name_quantizers
 from . import ops
@@ -122,11 +123,6 @@ def _disable_float_modules(model: nn.Module, float_modules: Sequence[str], repor
                                                           "(float_modules)"))
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    t = next(iter(model.parameters()), None)
-    return t.device if t is not None else torch.device("cpu")
-
-
 def _apply_disables(plan: Plan, locations: Dict[int, List[Location]], device: torch.device,
                     report: RulesReport) -> None:
     """Switch off the quantizers the rules want float (fused residual branches, head decoding)."""
@@ -218,7 +214,7 @@ def apply_tensorrt_rules(model: nn.Module, example_input: Union[torch.Tensor, Se
     _disable_float_modules(model, float_modules, report)
     weight_ids = weight_quantizer_ids(model)
     desc = quant_desc if quant_desc is not None else _default_desc(model, weight_ids)
-    device = _model_device(model)
+    device = model_device(model)
     g = trace_graph(model, example_input)
     plan = analyze(g, weight_ids, residual)
     locations = _locations(model)
