@@ -348,19 +348,16 @@ def recover(prep: Prepared, *, progress: bool = True, log=print) -> Optional[Any
     t0 = time.perf_counter()
     result: Any = None
     summary: Dict[str, Any] = {"method": s.recover}
-    if s.recover == "distill":
+    weights, _, ranges = s.recover.partition("+")
+    if weights == "ranges":
+        weights, ranges = "", "ranges"
+    if weights == "distill":
         from ..qat import fine_tune
         result = fine_tune(prep.model, data, epochs=s.recover_epochs, num_images=num_images, batch_size=s.batch,
                            device=s.device, progress=progress)
         summary.update(result.to_dict())
         log(str(result))
-        prep.timings["recover"] = time.perf_counter() - t0
-        prep.summary["recovery"] = summary
-        return result
-    weights, _, ranges = s.recover.partition("+")
-    if weights == "ranges":
-        weights, ranges = "", "ranges"
-    if weights:
+    elif weights:
         result = recover_weights(prep.model, data, method=weights, bias_correction=s.bias_correction,
                                  num_images=num_images, device=s.device, progress=progress)
         summary.update({k: v for k, v in result.to_dict().items() if k not in ("layers", "method")})
