@@ -37,8 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "activation amax fitted to the outputs; w+ranges = both, e.g. adaround+ranges; block = block "
                         "reconstruction, weight rounding and activation ranges per block with QDrop; "
                         "block:drop=0,learn_ranges=0 passes options; distill = short label-free QAT from the float "
-                        "model on --num-calib images (qdqtorch.qat.fine_tune), distill:epochs=3,lr=2e-5 passes "
-                        "options)")
+                        "model on --num-calib images (qdqtorch.qat.fine_tune), "
+                        "distill:epochs=3,lr=2e-5,schedule=cosine,learn_amax=1 passes options)")
     p.add_argument("--block-iters", type=int, default=300, help="steps per block of --methods block")
     p.add_argument("--calib-methods", nargs="+", default=["mse"],
                    help="activation calibration methods: max, entropy, mse, percentile or percentile:<value> "
@@ -53,6 +53,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                    "fits on --num-calib)")
     p.add_argument("--out", default="runs/bench_recovery")
     return p.parse_args(argv)
+
+
+def _distill_option(key: str, value: str):
+    """A `distill:key=value` option as fine_tune takes it: epochs int, learn_amax bool, schedule/optimizer text."""
+    if key == "epochs":
+        return int(value)
+    if key == "learn_amax":
+        return value not in ("0", "false", "False")
+    if key in ("schedule", "optimizer"):
+        return value
+    return float(value)
 
 
 def run(args: argparse.Namespace) -> list:
@@ -102,7 +113,7 @@ def run(args: argparse.Namespace) -> list:
                         weights, _, ranges = method.partition("+")
                         data = calibration_loader(args.data, pp, batch_size=16, num_images=args.recover_images)
                         if weights.startswith("distill"):   # distill, or distill:epochs=3,lr=2e-5
-                            options = {k: (int(v) if k == "epochs" else float(v)) for k, _, v in
+                            options = {k: _distill_option(k, v) for k, _, v in
                                        (o.partition("=") for o in weights.partition(":")[2].split(",") if o)}
                             data = calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib)
                             print(fine_tune(candidate, data, num_images=args.num_calib, progress=False, **options))

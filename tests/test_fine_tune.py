@@ -5,6 +5,7 @@ drop or on Ctrl-C, and the exported Q/DQ ONNX reproduces the fine-tuned model.""
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -108,6 +109,26 @@ def test_ctrl_c_restores_the_model_and_its_flags(monkeypatch):
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_the_learning_rate_follows_the_schedule_step_by_step(monkeypatch, schedule):
+    model, _, data = _toy()
+    seen: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    lr, epochs, batch = 2e-4, 3, 8
+    fine_tune(model, [data], epochs=epochs, num_images=32, batch_size=batch, lr=lr, schedule=schedule,
+              progress=False)
+    total = epochs * math.ceil(32 / batch)
+    expected = [lr * (0.5 * (1 + math.cos(math.pi * k / total)) if schedule == "cosine" else 1.0)
+                for k in range(total)]
+    assert seen == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
 def test_bad_arguments_are_clear_errors():
     model, _, data = _toy()
     with pytest.raises(UsageError, match="epochs"):
@@ -116,6 +137,8 @@ def test_bad_arguments_are_clear_errors():
         fine_tune(model, [], progress=False)
     with pytest.raises(UsageError, match="optimizer"):
         fine_tune(model, [data], optimizer="lbfgs", progress=False)
+    with pytest.raises(UsageError, match="schedule"):
+        fine_tune(model, [data], schedule="step", progress=False)
     from qdqtorch.nn import CalibrationError
     fresh = _Net().eval()
     quantize_model(fresh, QuantConfig())

@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
@@ -48,15 +48,26 @@ def _batches(images: torch.Tensor, batch_size: int, order: Optional[torch.Tensor
     return [images[idx[i:i + batch_size]] for i in range(0, images.shape[0], batch_size)]
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def _schedule(name: str, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor of each step: cosine decay from 1 to 0 over the run, or 1 throughout."""
+    if name == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
 def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: int = 128, batch_size: int = 16,
               lr: float = 1e-5, amax_lr: Optional[float] = None, optimizer: str = "adam",
               learn_amax: LearnAmax = False, freeze_bn: bool = True, blocks: Blocks = "auto",
-              block_weight: float = 1.0, output_weight: float = 1.0, seed: int = 0,
+              block_weight: float = 1.0, output_weight: float = 1.0, schedule: str = "constant", seed: int = 0,
               device: Union[str, torch.device, None] = None, progress: bool = True) -> FineTuneReport:
     """Fine-tune a quantized, calibrated model in place by distillation from its frozen float copy (per-block MSE
     plus final-output MSE, `DistillationLoss`) on `num_images` unlabelled images from `data`: `epochs` passes in a
     new order each (seeded), Adam (or SGD with momentum 0.9) at `lr` on the weights, `amax_lr` (default 100 x lr)
-    on the amax of the quantizers `learn_amax` selects (`prepare_qat`), BatchNorm statistics frozen.
+    on the amax of the quantizers `learn_amax` selects (`prepare_qat`), BatchNorm statistics frozen. `schedule`:
+    "constant" learning rates, or "cosine" decay from them to 0 over the run (each step).
 
     The quantizers keep their calibration (grid, zero point, and amax unless learned), so the exported Q/DQ ONNX and
     a saved QAT checkpoint reproduce the result. Afterwards the model is in eval mode with the BatchNorm hooks
@@ -66,6 +77,8 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
     if epochs < 1 or num_images < 1 or batch_size < 1:
         raise UsageError(f"fine_tune: epochs, num_images and batch_size must be >= 1, got {epochs}, {num_images}, "
                          f"{batch_size}")
+    if schedule not in SCHEDULES:
+        raise UsageError(f"fine_tune: schedule must be one of {SCHEDULES}, got {schedule!r}")
     if optimizer not in ("adam", "sgd"):
         raise UsageError(f"fine_tune: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     start = time.perf_counter()
@@ -86,6 +99,8 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
         report.loss_before = loss_fn.measure(fixed, device=device)["loss"]
         groups = param_groups(model, lr, amax_lr=amax_lr if amax_lr is not None else lr * 100)
         opt = torch.optim.Adam(groups) if optimizer == "adam" else torch.optim.SGD(groups, momentum=0.9)
+        total_steps = epochs * len(fixed)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(schedule, total_steps))
         generator = torch.Generator().manual_seed(seed)
         bar = tqdm(total=epochs * len(fixed), desc="fine-tune (distillation)", unit="batch", disable=not progress)
         with bar:
@@ -99,6 +114,7 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    scheduler.step()
                     total += loss_fn.last["loss"] * batch.shape[0]
                     report.steps += 1
                     bar.update(1)
