@@ -48,7 +48,7 @@ def _batches(images: torch.Tensor, batch_size: int, order: Optional[torch.Tensor
     return [images[idx[i:i + batch_size]] for i in range(0, images.shape[0], batch_size)]
 
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("constant", "cosine")
 
 
 def _schedule(name: str, total_steps: int) -> Callable[[int], float]:
@@ -61,13 +61,14 @@ def _schedule(name: str, total_steps: int) -> Callable[[int], float]:
 def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: int = 128, batch_size: int = 16,
               lr: float = 1e-5, amax_lr: Optional[float] = None, optimizer: str = "adam",
               learn_amax: LearnAmax = False, freeze_bn: bool = True, blocks: Blocks = "auto",
-              block_weight: float = 1.0, output_weight: float = 1.0, schedule: str = "cosine", seed: int = 0,
+              block_weight: float = 1.0, output_weight: float = 1.0, schedule: str = "constant", seed: int = 0,
               device: Union[str, torch.device, None] = None, progress: bool = True) -> FineTuneReport:
     """Fine-tune a quantized, calibrated model in place by distillation from its frozen float copy (per-block MSE
     plus final-output MSE, `DistillationLoss`) on `num_images` unlabelled images from `data`: `epochs` passes in a
     new order each (seeded), Adam (or SGD with momentum 0.9) at `lr` on the weights, `amax_lr` (default 100 x lr)
     on the amax of the quantizers `learn_amax` selects (`prepare_qat`), BatchNorm statistics frozen. `schedule`:
-    "cosine" decays the learning rates from their value to 0 over the run (each step), "constant" keeps them.
+    "constant" learning rates, or "cosine" decay from them to 0 over the run (each step; BENCHMARKS.md §8g: a
+    tie with constant on YOLOv5n).
 
     The quantizers keep their calibration (grid, zero point, and amax unless learned), so the exported Q/DQ ONNX and
     a saved QAT checkpoint reproduce the result. Afterwards the model is in eval mode with the BatchNorm hooks
