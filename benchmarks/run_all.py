@@ -78,6 +78,13 @@ COMMANDS = [
     ("distill_ppe", "§8f", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                            "../shared/models/ppe_yolov5n.pt --methods none distill --grids shifted --out "
                            "runs/distill_ppe"),
+    ("distill_variants", "§8g", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                                "../shared/models/yolov5n.pt --rules tensorrt --methods none distill "
+                                "distill:schedule=cosine --grids shifted --out runs/distill_variants_a"),
+    ("distill_cosine_residual", "§8g", "OMP_NUM_THREADS=2 python benchmarks/bench_recovery.py --models "
+                                       "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
+                                       "distill:schedule=cosine --grids shifted --out runs/cosine_v5n_res"),
+    ("fidelity_floor", "§8g", "python benchmarks/fidelity_breakdown.py --grid shifted"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
