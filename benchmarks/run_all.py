@@ -84,6 +84,9 @@ COMMANDS = [
     ("distill_cosine_residual", "§8g", "OMP_NUM_THREADS=2 python benchmarks/bench_recovery.py --models "
                                        "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
                                        "distill:schedule=cosine --grids shifted --out runs/cosine_v5n_res"),
+    ("distill_learn_amax", "§8g", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                                  "../shared/models/yolov5n.pt --rules tensorrt --methods "
+                                  "distill:schedule=cosine,learn_amax=1 --grids shifted --out runs/learn_amax_v5n"),
     ("fidelity_floor", "§8g", "python benchmarks/fidelity_breakdown.py --grid shifted"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
