@@ -111,11 +111,12 @@ def run(args: argparse.Namespace) -> list:
                     if method != "none":
                         t0 = time.perf_counter()
                         weights, _, ranges = method.partition("+")
-                        data = calibration_loader(args.data, pp, batch_size=16, num_images=args.recover_images)
-                        if weights.startswith("distill"):   # distill, or distill:epochs=3,lr=2e-5
+                        distill = weights.startswith("distill")   # distill fits on the calibration images
+                        data = calibration_loader(args.data, pp, batch_size=16,
+                                                  num_images=args.num_calib if distill else args.recover_images)
+                        if distill:   # distill, or distill:epochs=3,lr=2e-5
                             options = {k: _distill_option(k, v) for k, _, v in
                                        (o.partition("=") for o in weights.partition(":")[2].split(",") if o)}
-                            data = calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib)
                             print(fine_tune(candidate, data, num_images=args.num_calib, progress=False, **options))
                         elif weights.startswith("block"):   # block, or block:key=value,... (reconstruct_blocks)
                             options = {k: float(v) for k, _, v in (o.partition("=") for o in

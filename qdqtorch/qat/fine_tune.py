@@ -103,7 +103,7 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
         total_steps = epochs * len(fixed)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(schedule, total_steps))
         generator = torch.Generator().manual_seed(seed)
-        bar = tqdm(total=epochs * len(fixed), desc="fine-tune (distillation)", unit="batch", disable=not progress)
+        bar = tqdm(total=total_steps, desc="fine-tune (distillation)", unit="batch", disable=not progress)
         with bar:
             for _ in range(epochs):
                 total = 0.0
