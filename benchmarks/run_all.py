@@ -87,6 +87,9 @@ COMMANDS = [
     ("distill_learn_amax", "§8g", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                                   "../shared/models/yolov5n.pt --rules tensorrt --methods "
                                   "distill:schedule=cosine,learn_amax=1 --grids shifted --out runs/learn_amax_v5n"),
+    ("distill_ppe_two_threads", "§8g", "OMP_NUM_THREADS=2 python benchmarks/bench_recovery.py --models "
+                                       "../shared/models/ppe_yolov5n.pt --methods none distill --grids shifted "
+                                       "--out runs/distill_ppe_head"),
     ("fidelity_floor", "§8g", "python benchmarks/fidelity_breakdown.py --grid shifted"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
