@@ -109,6 +109,53 @@ def test_ctrl_c_restores_the_model_and_its_flags(monkeypatch):
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_the_callers_frozen_batchnorm_and_fixed_amax_survive_both_outcomes(monkeypatch):
+    from qdqtorch.qat import freeze_batchnorm
+    for outcome in ("kept", "put back"):
+        model, _, data = _toy()
+        freeze_batchnorm(model, only={"a.1"})              # the caller froze one BatchNorm before fine-tuning
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        values = iter([1.0, 2.0] if outcome == "put back" else [2.0, 1.0])   # loss before, after
+        monkeypatch.setattr(DistillationLoss, "measure", lambda self, *a, **k: {"loss": next(values)})  # noqa: B023
+        report = fine_tune(model, [data], epochs=2, num_images=32, batch_size=8, lr=1e-4, learn_amax=True,
+                           progress=False)
+        assert report.kept == (outcome == "kept")
+        assert is_batchnorm_frozen(model.a[1]) and not is_batchnorm_frozen(model.b[1]), outcome
+        quantizers = [q for _, q in named_quantizers(model) if q.amax is not None]
+        assert quantizers and len(report.learned_amax) == len(quantizers)
+        for q in quantizers:   # amax is a plain buffer again, under the same state_dict key
+            assert not q.is_learnable and not q.learn_amax and "_amax" in q._buffers, (outcome, q.label)
+        assert set(model.state_dict()) == set(state)
+        moved = [k for k in state if k.endswith("_amax") and not torch.equal(model.state_dict()[k], state[k])]
+        assert (len(moved) > 0) == (outcome == "kept"), moved   # learned values kept, or the calibration back
+
+
+def test_dict_batches_go_through_preprocess():
+    from qdqtorch.recovery import RecoveryError, gather_images
+    model, float_model, data = _toy()
+    batches = [{"img": (data[:16] * 255).round(), "labels": None}, {"img": (data[16:] * 255).round()}]
+    with pytest.raises(RecoveryError, match=r"fine_tune: .*a dict with keys \['img', 'labels'\].*preprocess="):
+        fine_tune(model, batches, progress=False)
+    to_input = lambda b: b["img"] / 255   # noqa: E731
+    gathered = gather_images(batches, 24, "cpu", preprocess=to_input)
+    assert torch.equal(gathered, (data[:24] * 255).round() / 255)
+    with pytest.raises(RecoveryError, match=r"preprocess\(batch\) must return"):
+        gather_images(batches, 4, "cpu", preprocess=lambda b: b)
+    before = _output_error(model, float_model, data)
+    report = fine_tune(model, batches, epochs=20, num_images=32, batch_size=8, lr=2e-3, preprocess=to_input,
+                       progress=False)
+    assert report.kept and report.images == 32 and _output_error(model, float_model, data) < before
+    assert "lr 0.002 constant" in str(report) and report.lr == 2e-3 and report.schedule == "constant"
+
+
+def test_a_learned_amax_never_steps_below_zero():
+    model, _, data = _toy()
+    fine_tune(model, [data], epochs=3, num_images=32, batch_size=8, lr=1e-4, amax_lr=5.0, learn_amax=True,
+              progress=False)    # steps of about 5 on amax values near 1 would cross zero
+    amax = [float(v) for _, q in named_quantizers(model) if q.amax is not None for v in q.amax.flatten()]
+    assert amax and all(math.isfinite(v) and v > 0 for v in amax)
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_the_learning_rate_follows_the_schedule_step_by_step(monkeypatch, schedule):
     model, _, data = _toy()

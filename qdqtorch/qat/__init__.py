@@ -16,9 +16,10 @@ Or all of it in one call, as a post-calibration recovery step: ``fine_tune(model
 from .checkpoint import load_qat_checkpoint, save_qat_checkpoint
 from .distill import DistillationLoss, default_blocks, make_teacher
 from .fine_tune import FineTuneReport, fine_tune
-from .prepare import (QATReport, amax_parameters, freeze_batchnorm, is_batchnorm_frozen, make_amax_learnable,
-                      param_groups, prepare_qat, unfreeze_batchnorm)
+from .prepare import (QATReport, amax_parameters, freeze_batchnorm, is_batchnorm_frozen, make_amax_fixed,
+                      make_amax_learnable, param_groups, prepare_qat, unfreeze_batchnorm)
 
 __all__ = ["prepare_qat", "QATReport", "freeze_batchnorm", "unfreeze_batchnorm", "is_batchnorm_frozen",
-           "make_amax_learnable", "amax_parameters", "param_groups", "make_teacher", "DistillationLoss",
-           "default_blocks", "save_qat_checkpoint", "load_qat_checkpoint", "fine_tune", "FineTuneReport"]
+           "make_amax_learnable", "make_amax_fixed", "amax_parameters", "param_groups", "make_teacher",
+           "DistillationLoss", "default_blocks", "save_qat_checkpoint", "load_qat_checkpoint", "fine_tune",
+           "FineTuneReport"]

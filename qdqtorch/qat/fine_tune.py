@@ -13,19 +13,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..quantize import model_device
+from ..quantize import model_device, named_quantizers
+from ..tensor_quant import AMAX_FLOOR
 from ..recovery import gather_images
 from .distill import Blocks, DistillationLoss, make_teacher
-from .prepare import LearnAmax, param_groups, prepare_qat, unfreeze_batchnorm
+from .prepare import (LearnAmax, amax_parameters, freeze_batchnorm, is_batchnorm_frozen, make_amax_fixed,
+                      param_groups, prepare_qat, unfreeze_batchnorm)
 
 
 @dataclass
 class FineTuneReport:
-    """What `fine_tune` did: images and epochs, the distillation loss on those images before and after (no
-    gradient, BatchNorm in eval mode), the mean training loss of each epoch, and whether the result was kept."""
+    """What `fine_tune` did: images, epochs and settings, the distillation loss on those images before and after
+    (no gradient, BatchNorm in eval mode), the mean training loss of each epoch, and whether the result was kept."""
 
     images: int
     epochs: int
+    lr: float = math.nan
+    schedule: str = "constant"
+    learned_amax: List[str] = field(default_factory=list)
     steps: int = 0
     loss_before: float = math.nan
     loss_after: float = math.nan
@@ -38,9 +43,10 @@ class FineTuneReport:
 
     def __str__(self) -> str:
         verdict = "kept" if self.kept else "not lower: the calibrated model was put back"
+        amax = f", {len(self.learned_amax)} amax learned" if self.learned_amax else ""
         return (f"fine-tune (distillation from float): {self.epochs} epochs on {self.images} images "
-                f"({self.steps} steps) in {self.seconds:.1f}s, distillation loss {self.loss_before:.4g} -> "
-                f"{self.loss_after:.4g} ({verdict})")
+                f"({self.steps} steps, lr {self.lr:g} {self.schedule}{amax}) in {self.seconds:.1f}s, distillation "
+                f"loss {self.loss_before:.4g} -> {self.loss_after:.4g} ({verdict})")
 
 
 def _batches(images: torch.Tensor, batch_size: int, order: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
@@ -62,7 +68,8 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
               lr: float = 1e-5, amax_lr: Optional[float] = None, optimizer: str = "adam",
               learn_amax: LearnAmax = False, freeze_bn: bool = True, blocks: Blocks = "auto",
               block_weight: float = 1.0, output_weight: float = 1.0, schedule: str = "constant", seed: int = 0,
-              device: Union[str, torch.device, None] = None, progress: bool = True) -> FineTuneReport:
+              device: Union[str, torch.device, None] = None, preprocess: Optional[Callable[[Any], Any]] = None,
+              progress: bool = True) -> FineTuneReport:
     """Fine-tune a quantized, calibrated model in place by distillation from its frozen float copy (per-block MSE
     plus final-output MSE, `DistillationLoss`) on `num_images` unlabelled images from `data`: `epochs` passes in a
     new order each (seeded), Adam (or SGD with momentum 0.9) at `lr` on the weights, `amax_lr` (default 100 x lr)
@@ -71,9 +78,11 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
     tie with constant on YOLOv5n).
 
     The quantizers keep their calibration (grid, zero point, and amax unless learned), so the exported Q/DQ ONNX and
-    a saved QAT checkpoint reproduce the result. Afterwards the model is in eval mode with the BatchNorm hooks
-    removed and the parameters' requires_grad as before. When the distillation loss on the images is not lower
-    than before, or on any error or Ctrl-C, the model's state is put back as it was.
+    a saved QAT checkpoint reproduce the result. Afterwards the model is as it came in but for the trained values:
+    train/eval flag, frozen BatchNorm layers, parameters' requires_grad, and amax buffers (a learned amax is a
+    buffer again, holding the learned value). When the distillation loss on the images is not lower than before,
+    or on any error or Ctrl-C, the model's state is put back as it was. `preprocess` maps a batch of `data` to the
+    image tensor (dict batches need it).
     """
     if epochs < 1 or num_images < 1 or batch_size < 1:
         raise UsageError(f"fine_tune: epochs, num_images and batch_size must be >= 1, got {epochs}, {num_images}, "
@@ -84,16 +93,19 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
         raise UsageError(f"fine_tune: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     start = time.perf_counter()
     device = torch.device(device) if device is not None else model_device(model)
-    images = gather_images(data, num_images, "cpu", who="fine_tune")  # on the CPU: batches move per step
-    report = FineTuneReport(images=images.shape[0], epochs=epochs)
+    # on the CPU: batches move to the device per step
+    images = gather_images(data, num_images, "cpu", who="fine_tune", preprocess=preprocess)
+    report = FineTuneReport(images=images.shape[0], epochs=epochs, lr=lr, schedule=schedule)
     saved_state = copy.deepcopy(model.state_dict())
     saved_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
+    frozen_before = {name for name, m in model.named_modules() if is_batchnorm_frozen(m)}
+    fixed_amax = [(q, q.desc) for _, q in named_quantizers(model) if not q.is_learnable]
     teacher = make_teacher(model).to(device)
     loss_fn: Optional[DistillationLoss] = None
     restore = True
     try:
-        prepare_qat(model, freeze_bn=freeze_bn, learn_amax=learn_amax)
+        report.learned_amax = prepare_qat(model, freeze_bn=freeze_bn, learn_amax=learn_amax).learned_amax
         loss_fn = DistillationLoss(model, teacher, blocks=blocks, block_weight=block_weight,
                                    output_weight=output_weight)
         fixed = _batches(images, batch_size)
@@ -102,6 +114,7 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
         opt = torch.optim.Adam(groups) if optimizer == "adam" else torch.optim.SGD(groups, momentum=0.9)
         total_steps = epochs * len(fixed)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(schedule, total_steps))
+        amax_params = amax_parameters(model)
         generator = torch.Generator().manual_seed(seed)
         bar = tqdm(total=total_steps, desc="fine-tune (distillation)", unit="batch", disable=not progress)
         with bar:
@@ -115,6 +128,9 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    with torch.no_grad():  # a step past zero would leave an amax the quantizer cannot use
+                        for amax in amax_params:
+                            amax.clamp_(min=AMAX_FLOOR)
                     scheduler.step()
                     total += loss_fn.last["loss"] * batch.shape[0]
                     report.steps += 1
@@ -128,6 +144,12 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
         if loss_fn is not None:
             loss_fn.remove_hooks()
         unfreeze_batchnorm(model)
+        if frozen_before:
+            freeze_batchnorm(model, only=frozen_before)
+        for q, desc in fixed_amax:
+            if q.is_learnable:
+                make_amax_fixed(q)
+            q.desc = desc
         if restore:
             model.load_state_dict(saved_state)
         for name, p in model.named_parameters():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import Collection, List, Optional, Sequence, Union
 
 from torch import nn
 
@@ -27,11 +27,13 @@ def _batchnorms(model: nn.Module) -> List[tuple]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def freeze_batchnorm(model: nn.Module) -> List[str]:
-    """Make every BatchNorm normalize with its running statistics and stop updating them, also after
-    `model.train()`; its affine weight and bias still train. Returns the names of the layers frozen."""
+def freeze_batchnorm(model: nn.Module, *, only: Optional[Collection[str]] = None) -> List[str]:
+    """Make every BatchNorm (or those named in `only`) normalize with its running statistics and stop updating
+    them, also after `model.train()`; its affine weight and bias still train. Returns the names of the layers frozen."""
     frozen = []
     for name, bn in _batchnorms(model):
+        if only is not None and name not in only:
+            continue
         if _keep_eval not in bn._forward_pre_hooks.values():
             bn.register_forward_pre_hook(_keep_eval)
         bn.train(False)
@@ -88,6 +90,14 @@ def make_amax_learnable(quantizer: TensorQuantizer) -> None:
         quantizer.desc = quantizer.desc.replace(learn_amax=True)
     if not quantizer.is_learnable:
         quantizer.amax = quantizer.amax  # re-registers `_amax` as a Parameter (TensorQuantizer._set_amax)
+
+
+def make_amax_fixed(quantizer: TensorQuantizer) -> None:
+    """Undo `make_amax_learnable`: `_amax` becomes a buffer again, holding its current (possibly learned) value."""
+    if quantizer.learn_amax:
+        quantizer.desc = quantizer.desc.replace(learn_amax=False)
+    if quantizer.is_learnable:
+        quantizer.amax = quantizer.amax.detach()  # re-registers `_amax` as a buffer (TensorQuantizer._set_amax)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -250,7 +250,7 @@ def reconstruct_blocks(model: nn.Module, data: Iterable, *, blocks: Optional[Seq
                        lr: float = 1e-2, lr_amax: float = 1e-3, reg: float = 1.0, warmup: float = 0.2,
                        beta: Tuple[float, float] = (20.0, 2.0), learn_ranges: bool = True,
                        device: Union[str, torch.device, None] = None, progress: bool = True,
-                       seed: int = 0) -> BlockReport:
+                       seed: int = 0, preprocess: Optional[Callable[[Any], Any]] = None) -> BlockReport:
     """Reconstruct a calibrated model block by block against its float self on `num_images` images from `data`
     (label-free): per block, `iters` Adam steps on minibatches of `batch_size` jointly learn the soft rounding of its
     quantized layers' weights (learning rate `lr`, rounding regulariser `reg` annealed from beta[0] to beta[1]
@@ -258,7 +258,8 @@ def reconstruct_blocks(model: nn.Module, data: Iterable, *, blocks: Optional[Seq
     (`lr_amax`), minimising the block's relative output error (error energy / float energy, per output tensor),
     with QDrop's random skipping of activation quantization (probability `drop`). `blocks`: (name, module) pairs in
     forward order, default `default_blocks(model)`; blocks without a quantized layer or activation quantizer to learn
-    are skipped. Returns a BlockReport; on error or Ctrl-C every block is put back as calibrated.
+    are skipped. `preprocess` maps a batch to the image tensor (as in `gather_images`). Returns a BlockReport; on
+    error or Ctrl-C every block is put back as calibrated.
     """
     start_time = time.perf_counter()
     if device is None:
@@ -282,7 +283,7 @@ def reconstruct_blocks(model: nn.Module, data: Iterable, *, blocks: Optional[Seq
     if not plans:
         raise RecoveryError("reconstruct_blocks: no block holds a quantized Conv/Linear layer; run "
                             "qdqtorch.quantize_model and calibrate first")
-    images = gather_images(data, num_images, device, who="reconstruct_blocks")
+    images = gather_images(data, num_images, device, who="reconstruct_blocks", preprocess=preprocess)
     n = images.shape[0]
     report = BlockReport(n, iters, drop)
     float_model = copy.deepcopy(model)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
@@ -97,11 +97,13 @@ class _Learner:
 
 def refine_ranges(model: nn.Module, data: Iterable, *, num_images: int = 32, iters: int = 100, lr: float = 5e-3,
                   batch_size: int = 8, drop: float = 0.0, device: Union[str, torch.device, None] = None,
-                  progress: bool = True, seed: int = 0) -> RangeReport:
+                  progress: bool = True, seed: int = 0,
+                  preprocess: Optional[Callable[[Any], Any]] = None) -> RangeReport:
     """Learn the amax of every enabled activation quantizer of a calibrated model so that the network's outputs
     match the float model's on `num_images` images from `data` (label-free), by `iters` Adam steps on minibatches
     of `batch_size` (learning rate `lr` on log(amax)). Returns a RangeReport; on error or Ctrl-C the calibrated
-    amax values are put back. Weights (and weight quantizers) are not changed.
+    amax values are put back. Weights (and weight quantizers) are not changed. `preprocess` maps a batch to the
+    image tensor (as in `gather_images`).
     """
     start_time = time.perf_counter()
     if device is None:
@@ -118,7 +120,7 @@ def refine_ranges(model: nn.Module, data: Iterable, *, num_images: int = 32, ite
     if not quantizers:
         raise RecoveryError("refine_ranges: the model has no enabled activation quantizer; run "
                             "qdqtorch.quantize_model and calibrate first")
-    images = gather_images(data, num_images, device, who="refine_ranges")
+    images = gather_images(data, num_images, device, who="refine_ranges", preprocess=preprocess)
     n = images.shape[0]
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training

@@ -14,7 +14,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -73,23 +73,29 @@ class RecoveryReport:
                 f"error {before:.3g} -> {after:.3g}" + (f"; {len(self.skipped)} skipped" if self.skipped else ""))
 
 
-def _first_input(batch: Any, who: str) -> torch.Tensor:
+def _first_input(batch: Any, who: str, preprocess: Optional[Callable[[Any], Any]]) -> torch.Tensor:
+    if preprocess is not None:
+        batch = preprocess(batch)
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
         return batch[0]
-    raise RecoveryError(f"{who}: batches must be image tensors or tuples whose first item is one, got "
-                        f"{type(batch).__name__}")
+    shown = f"a dict with keys {sorted(map(str, batch))[:6]}" if isinstance(batch, Mapping) else type(batch).__name__
+    what = "preprocess(batch) must return" if preprocess is not None else "batches must be"
+    raise RecoveryError(f"{who}: {what} an image tensor or a tuple whose first item is one, got {shown}; pass "
+                        "preprocess= to map a batch to the model's input (e.g. lambda b: b['img'].float() / 255 "
+                        "for an Ultralytics loader)")
 
 
 def gather_images(data: Iterable, num_images: int, device: Union[str, torch.device], *,
-                  who: str = "recover_weights") -> torch.Tensor:
-    """The first `num_images` inputs of `data` (tensors, or tuples whose first item is the input) as one tensor on
-    `device`: the images a recovery method fits on. `who` names the caller in the error when there are none."""
+                  who: str = "recover_weights", preprocess: Optional[Callable[[Any], Any]] = None) -> torch.Tensor:
+    """The first `num_images` inputs of `data` (tensors, or tuples whose first item is the input; any batch once
+    mapped by `preprocess`) as one tensor on `device`: the images a recovery method fits on. `who` names the caller
+    in errors."""
     images: List[torch.Tensor] = []
     count = 0
     for batch in data:
-        x = _first_input(batch, who)
+        x = _first_input(batch, who, preprocess)
         images.append(x[:num_images - count].to(device))
         count += images[-1].shape[0]
         if count >= num_images:
@@ -273,7 +279,8 @@ class _Recovery:
 @torch.no_grad()
 def recover_weights(model: nn.Module, data: Iterable, *, method: str = "adaround", bias_correction: bool = False,
                     num_images: int = 32, max_rows: int = 16384, device: Union[str, torch.device, None] = None,
-                    progress: bool = True, seed: int = 0, **solver_kwargs: Any) -> RecoveryReport:
+                    progress: bool = True, seed: int = 0, preprocess: Optional[Callable[[Any], Any]] = None,
+                    **solver_kwargs: Any) -> RecoveryReport:
     """Re-round the weights of every quantized Conv/Linear of a calibrated model, layer by layer, to minimise its
     output error against the float model on `num_images` images from `data` (label-free), and with
     `bias_correction` shift each layer's bias to cancel its mean output error (a layer without bias gets one).
@@ -283,7 +290,8 @@ def recover_weights(model: nn.Module, data: Iterable, *, method: str = "adaround
     the calibrated weight amax, so fake quant, the exported Q/DQ ONNX and a saved calibration reproduce them.
     Activation quantizers (tied or not) are untouched; layers whose weight quantizer is disabled (ignored) keep
     their weights. `max_rows` caps the input positions sampled per layer. On any error or Ctrl-C the model is
-    restored as it was. solver_kwargs go to the rounding (e.g. iters=, lr=, reg= for adaround).
+    restored as it was. `preprocess` maps a batch to the image tensor (as in `gather_images`). solver_kwargs go to the
+    rounding (e.g. iters=, lr=, reg= for adaround).
     """
     if method not in ROUNDINGS:
         raise UsageError(f"recover_weights: unknown method {method!r}; choose one of {ROUNDINGS}")
@@ -293,7 +301,7 @@ def recover_weights(model: nn.Module, data: Iterable, *, method: str = "adaround
     if missing:
         raise RecoveryError(f"recover_weights: {len(missing)} enabled quantizer(s) have no amax ({missing[:5]}); "
                             "calibrate the model (qdqtorch.calibrate) first")
-    images = gather_images(data, num_images, device)
+    images = gather_images(data, num_images, device, preprocess=preprocess)
     n = images.shape[0]
     layers = weighted_quant_layers(model)
     todo = [(name, m) for name, m in layers if skip_reason(m) is None]
