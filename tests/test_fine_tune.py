@@ -204,6 +204,24 @@ def test_settings_fit_distill_on_the_calibration_images():
         PTQSettings(recover="distill", recover_epochs=0)
 
 
+@pytest.mark.parametrize("arch", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_ultralytics_heads_fine_tune_and_come_back_in_eval_mode(arch):
+    """Ultralytics' Detect returns other structures in training than in eval: the teacher follows the student's
+    flag, so the loss compares like with like, and afterwards the model predicts as before (eval-mode output)."""
+    pytest.importorskip("ultralytics")
+    from qdqtorch.models import PredictionOnly, load_model
+    loaded = load_model(arch)
+    model = loaded.model
+    quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
+    torch.manual_seed(0)
+    data = torch.rand(8, 3, 96, 96)
+    calibrate(model, [data], method="max", progress=False)
+    before = PredictionOnly(model, loaded.layout)(data[:1]).shape
+    report = fine_tune(model, [data], epochs=3, num_images=8, batch_size=4, lr=1e-5, progress=False)
+    assert report.kept and report.loss_after < report.loss_before and report.steps == 6
+    assert not model.training and PredictionOnly(model, loaded.layout)(data[:1]).shape == before == (1, 84, 189)
+
+
 def _snr_db(out: np.ndarray, ref: np.ndarray) -> float:
     return float(10 * np.log10((ref ** 2).sum() / ((out - ref) ** 2).sum()))
 
