@@ -56,9 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _distill_option(key: str, value: str):
-    """A `distill:key=value` option as fine_tune takes it: epochs/seed int, learn_amax bool, schedule/optimizer
-    text, the rest float."""
-    if key in ("epochs", "seed"):
+    """A `distill:key=value` option as fine_tune takes it: epochs/seed/batch_size int, learn_amax bool,
+    schedule/optimizer text, the rest float."""
+    if key in ("epochs", "seed", "batch_size"):
         return int(value)
     if key == "learn_amax":
         return value not in ("0", "false", "False")
