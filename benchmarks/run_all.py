@@ -91,6 +91,17 @@ COMMANDS = [
                                        "../shared/models/ppe_yolov5n.pt --methods none distill --grids shifted "
                                        "--out runs/distill_ppe_head"),
     ("fidelity_floor", "§8g", "python benchmarks/fidelity_breakdown.py --grid shifted"),
+    ("distill_seeds", "§8h", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                             "../shared/models/yolov5n.pt --rules tensorrt tensorrt-int8-residual --methods none "
+                             "distill distill:seed=1 distill:seed=2 --grids shifted --out runs/distill_seeds"),
+    ("cosine_seeds_trt", "§8h", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                                "../shared/models/yolov5n.pt --rules tensorrt --methods "
+                                "distill:schedule=cosine,seed=1 distill:schedule=cosine,seed=2 --grids shifted "
+                                "--out runs/cosine_seeds_trt"),
+    ("cosine_seeds_res", "§8h", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                                "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
+                                "distill:schedule=cosine,seed=1 distill:schedule=cosine,seed=2 --grids shifted "
+                                "--out runs/cosine_seeds_res"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),

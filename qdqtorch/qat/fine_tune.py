@@ -74,7 +74,7 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
     plus final-output MSE, `DistillationLoss`) on `num_images` unlabelled images from `data`: `epochs` passes in a
     new order each (seeded), Adam (or SGD with momentum 0.9) at `lr` on the weights, `amax_lr` (default 100 x lr)
     on the amax of the quantizers `learn_amax` selects (`prepare_qat`), BatchNorm statistics frozen. `schedule`:
-    "constant" learning rates, or "cosine" decay from them to 0 over the run (each step; BENCHMARKS.md §8g: a
+    "constant" learning rates, or "cosine" decay from them to 0 over the run (each step; BENCHMARKS.md §8h: a
     tie with constant on YOLOv5n).
 
     The quantizers keep their calibration (grid, zero point, and amax unless learned), so the exported Q/DQ ONNX and
