@@ -98,6 +98,13 @@ COMMANDS = [
                                 "../shared/models/yolov5n.pt --rules tensorrt --methods "
                                 "distill:schedule=cosine,seed=1 distill:schedule=cosine,seed=2 --grids shifted "
                                 "--out runs/cosine_seeds_trt"),
+    ("learn_amax_res", "§8h", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                              "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
+                              "distill:learn_amax=1 --grids shifted --out runs/learn_amax_res"),
+    ("learn_amax_res_seeds", "§8h", "OMP_NUM_THREADS=2 python benchmarks/bench_recovery.py --models "
+                                    "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
+                                    "distill:learn_amax=1,seed=1 distill:learn_amax=1,seed=2 --grids shifted "
+                                    "--out runs/learn_amax_res_seeds"),
     ("cosine_seeds_res", "§8h", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                                 "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
                                 "distill:schedule=cosine,seed=1 distill:schedule=cosine,seed=2 --grids shifted "

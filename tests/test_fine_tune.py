@@ -202,6 +202,8 @@ def test_settings_fit_distill_on_the_calibration_images():
         PTQSettings(recover="distill", bias_correction=True)
     with pytest.raises(ValueError, match="recover_epochs"):
         PTQSettings(recover="distill", recover_epochs=0)
+    with pytest.raises(ValueError, match="recover_learn_amax works with recover='distill'"):
+        PTQSettings(recover="adaround", recover_learn_amax=True)
 
 
 @pytest.mark.parametrize("arch", ["yolov8n.yaml", "yolo11n.yaml"])

@@ -3,6 +3,8 @@ weights land exactly on the quantization grid, activation quantizers and ignored
 exported Q/DQ ONNX reproduces the recovered fake-quant model."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -185,16 +187,24 @@ def test_ptq_script_recovers_the_embedded_demo(tmp_path, method):
     import subprocess
     import sys
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "ptq.py"), "--out", str(out), "--recover",
-                           method, "--recover-images", "4", "--recover-epochs", "2", "--no-export"],
-                          capture_output=True, text=True,
-                          cwd=REPO_ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
+    def ptq(out: Path, *extra: str) -> dict:
+        proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "ptq.py"), "--out", str(out), "--recover",
+                               method, "--recover-images", "4", "--recover-epochs", "2", "--no-export", *extra],
+                              capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads((out / "summary.json").read_text())
+    summary = ptq(out)
     assert summary["recovery"]["method"] == method and summary["recovery"]["images"] == 4
     assert ("ranges" in summary["recovery"]) == method.endswith("ranges")
     if method == "distill":
         assert summary["recovery"]["epochs"] == 2 and summary["recovery"]["steps"] == 2
+        assert summary["recovery"]["learned_amax"] == []
+        learned = ptq(tmp_path / "learned", "--recover-learn-amax")["recovery"]["learned_amax"]
+        amax = {run: {name: q.get("amax") for name, q in
+                      json.loads((tmp_path / run / "calibration.json").read_text())["quantizers"].items()}
+                for run in ("run", "learned")}
+        moved = [name for name in learned if amax["run"][name] != amax["learned"][name]]
+        assert learned and moved, "the learned amax values must reach calibration.json"
     assert "recover" in summary["timings"] and "recovery" in summary["fields"]
 
 

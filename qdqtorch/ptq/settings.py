@@ -60,6 +60,7 @@ class PTQSettings:
     recover_images: Optional[int] = None      # calibration images the recovery fits on (default 16; distill:
                                               # num_calib)
     recover_epochs: int = 8                   # distill: passes over the recover_images
+    recover_learn_amax: bool = False          # distill: also learn every quantizer's amax (BENCHMARKS.md §8h)
     bias_correction: bool = False             # with recover: also shift biases to cancel each layer's mean error
     ignore: List[str] = field(default_factory=list)
     rules: Optional[str] = DEFAULT_RULES      # placement: "tensorrt" (what one ships), "tensorrt-int8-residual",
@@ -105,6 +106,8 @@ class PTQSettings:
         if self.bias_correction and self.recover in (None, "ranges", "distill"):
             raise UsageError(f"bias_correction works with a weight recovery (adaround, gptq, nearest), not with "
                              f"recover={self.recover!r}")
+        if self.recover_learn_amax and self.recover != "distill":
+            raise UsageError(f"recover_learn_amax works with recover='distill', not with recover={self.recover!r}")
         if isinstance(self.ignore, str):
             self.ignore = [self.ignore]
 

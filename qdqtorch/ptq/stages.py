@@ -354,7 +354,7 @@ def recover(prep: Prepared, *, progress: bool = True, log=print) -> Optional[Any
     if weights == "distill":
         from ..qat import fine_tune
         result = fine_tune(prep.model, data, epochs=s.recover_epochs, num_images=num_images, batch_size=s.batch,
-                           device=s.device, progress=progress)
+                           learn_amax=s.recover_learn_amax, device=s.device, progress=progress)
         summary.update(result.to_dict())
         log(str(result))
     elif weights:
