@@ -108,6 +108,9 @@ COMMANDS = [
     ("learn_amax_ppe", "§8h", "OMP_NUM_THREADS=2 python benchmarks/bench_recovery.py --models "
                               "../shared/models/ppe_yolov5n.pt --rules tensorrt-int8-residual --methods none "
                               "distill:learn_amax=1 --grids shifted --out runs/learn_amax_ppe"),
+    ("learn_amax_trt", "§8h", "OMP_NUM_THREADS=2 python benchmarks/bench_recovery.py --models "
+                              "../shared/models/yolov5n.pt --rules tensorrt --methods distill:learn_amax=1 --grids "
+                              "shifted --out runs/learn_amax_trt"),
     ("cosine_seeds_res", "§8h", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                                 "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
                                 "distill:schedule=cosine,seed=1 distill:schedule=cosine,seed=2 --grids shifted "
