@@ -55,16 +55,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _distill_option(key: str, value: str):
-    """A `distill:key=value` option as fine_tune takes it: epochs/seed/batch_size int, learn_amax bool,
-    schedule/optimizer text, the rest float."""
-    if key in ("epochs", "seed", "batch_size"):
-        return int(value)
-    if key == "learn_amax":
-        return value not in ("0", "false", "False")
-    if key in ("schedule", "optimizer"):
-        return value
-    return float(value)
+def _method_options(method: str) -> dict:
+    """The options of `name:key=value,...` (distill:, block:) as the recovery function takes them: epochs, seed and
+    batch_size int, learn_amax and learn_ranges bool, schedule and optimizer text, the rest float."""
+    def convert(key: str, value: str):
+        if key in ("epochs", "seed", "batch_size"):
+            return int(value)
+        if key in ("learn_amax", "learn_ranges"):
+            return value not in ("0", "false", "False")
+        if key in ("schedule", "optimizer"):
+            return value
+        return float(value)
+    pairs = (o.partition("=") for o in method.partition(":")[2].split(",") if o)
+    return {key: convert(key, value) for key, _, value in pairs}
 
 
 def run(args: argparse.Namespace) -> list:
@@ -116,16 +119,12 @@ def run(args: argparse.Namespace) -> list:
                         data = calibration_loader(args.data, pp, batch_size=16,
                                                   num_images=args.num_calib if distill else args.recover_images)
                         if distill:   # distill, or distill:epochs=3,lr=2e-5
-                            options = {k: _distill_option(k, v) for k, _, v in
-                                       (o.partition("=") for o in weights.partition(":")[2].split(",") if o)}
-                            print(fine_tune(candidate, data, num_images=args.num_calib, progress=False, **options))
+                            print(fine_tune(candidate, data, num_images=args.num_calib, progress=False,
+                                            **_method_options(weights)))
                         elif weights.startswith("block"):   # block, or block:key=value,... (reconstruct_blocks)
-                            options = {k: float(v) for k, _, v in (o.partition("=") for o in
-                                                                   weights.partition(":")[2].split(",") if o)}
-                            if "learn_ranges" in options:
-                                options["learn_ranges"] = bool(options["learn_ranges"])
                             print(reconstruct_blocks(candidate, data, num_images=args.recover_images,
-                                                     iters=args.block_iters, progress=False, **options))
+                                                     iters=args.block_iters, progress=False,
+                                                     **_method_options(weights)))
                         elif weights not in ("ranges", ""):
                             recover_weights(candidate, data, method=weights, num_images=args.recover_images,
                                             progress=False)

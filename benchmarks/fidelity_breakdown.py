@@ -41,6 +41,9 @@ def _index(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+NOISE_FLOOR = "float, input + 1/255 Gaussian noise (the metric's floor)"
+
+
 class _InputNoise(torch.nn.Module):
     """The wrapped model fed its input plus seeded N(0, (1/255)^2) noise: one 8-bit pixel step."""
 
@@ -86,14 +89,14 @@ def main(argv=None) -> int:
             variants[f"both, {part} only"] = (lambda r: (lambda n: _index(n) not in r))(idx)
             variants[f"both, all but {part}"] = (lambda r: (lambda n: _index(n) in r))(idx)
             variants[f"activations, {part} only"] = (lambda r: (lambda n: is_weight(n) or _index(n) not in r))(idx)
-    variants["float, input + 1/255 Gaussian noise (the metric's floor)"] = lambda n: True
+    variants[NOISE_FLOOR] = lambda n: True
     del names
     print(f"| variant ({args.rules}, {args.grid} grid, {args.imgsz} px, {args.num_calib} calib / {len(eval_set)} "
           "val) | fidelity mAP50-95 | mAP50 | output SNR |\n|---|---|---|---|")
     for label, off in variants.items():
         toggle = disable_quantization(model, off) if off is not None else None
         try:
-            r = fidelity(_InputNoise(model) if label.startswith("float") else model, reference)
+            r = fidelity(_InputNoise(model) if label == NOISE_FLOOR else model, reference)
         finally:
             if toggle is not None:
                 toggle.restore()

@@ -98,6 +98,10 @@ COMMANDS = [
                                 "../shared/models/yolov5n.pt --rules tensorrt --methods "
                                 "distill:schedule=cosine,seed=1 distill:schedule=cosine,seed=2 --grids shifted "
                                 "--out runs/cosine_seeds_trt"),
+    ("cosine_seeds_res", "§8h", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
+                                "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
+                                "distill:schedule=cosine,seed=1 distill:schedule=cosine,seed=2 --grids shifted "
+                                "--out runs/cosine_seeds_res"),
     ("learn_amax_res", "§8h", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
                               "distill:learn_amax=1 --grids shifted --out runs/learn_amax_res"),
@@ -111,10 +115,6 @@ COMMANDS = [
     ("learn_amax_trt", "§8h", "OMP_NUM_THREADS=2 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --rules tensorrt --methods distill:learn_amax=1 --grids "
                               "shifted --out runs/learn_amax_trt"),
-    ("cosine_seeds_res", "§8h", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
-                                "../shared/models/yolov5n.pt --rules tensorrt-int8-residual --methods "
-                                "distill:schedule=cosine,seed=1 distill:schedule=cosine,seed=2 --grids shifted "
-                                "--out runs/cosine_seeds_res"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
