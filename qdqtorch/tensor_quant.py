@@ -103,7 +103,8 @@ def learnable_fake_tensor_quant(x: torch.Tensor, amax: torch.Tensor, num_bits: i
     """
     lo, hi = quant_bounds(num_bits, unsigned, narrow_range)
     amax_b = amax if axis is None else _channel_view(amax, x.dim(), normalize_axis(axis, x.dim(), x.shape))
-    scale = amax_b.clamp_min(AMAX_FLOOR) / hi
+    # floored in value, not in gradient: an amax at the floor (all codes at the bound) must still learn to grow
+    scale = (amax_b + (amax_b.clamp_min(AMAX_FLOOR) - amax_b).detach()) / hi
     scaled = x / scale + zero_point
     rounded = scaled + (torch.round(scaled) - scaled).detach()
     return (torch.clamp(rounded, lo, hi) - zero_point) * scale

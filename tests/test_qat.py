@@ -20,7 +20,7 @@ from torch import nn
 from qdqtorch import CalibrationError, QuantConfig, QuantDescriptor, TensorQuantizer, calibrate, named_quantizers
 from qdqtorch import quantize_model
 from qdqtorch.qat import (DistillationLoss, amax_parameters, default_blocks, freeze_batchnorm, is_batchnorm_frozen,
-                          load_qat_checkpoint, make_teacher, param_groups, prepare_qat,
+                          load_qat_checkpoint, make_amax_fixed, make_teacher, param_groups, prepare_qat,
                           save_qat_checkpoint, unfreeze_batchnorm)
 from qdqtorch.tensor_quant import fake_tensor_quant
 
@@ -211,6 +211,35 @@ def test_learned_amax_gradient_points_where_the_distillation_loss_falls():
         loss_fn(x).backward()
         optimizer.step()
     assert float(q.amax.detach()) > a * 1.3 and loss_fn.last["loss"] < losses[1.0]
+
+
+def test_a_learned_amax_an_optimizer_pushes_below_zero_recovers_saves_and_loads():
+    """A user's own loop (no fine_tune): SGD steps large enough to cross zero must not leave a quantizer that maps
+    everything to 0 for good, a checkpoint that does not load, or a make_amax_fixed that raises."""
+    model, teacher = toy_calibrated(), None
+    teacher = make_teacher(model)
+    prepare_qat(model, learn_amax=True, train_weights=False)
+    q = model.model[1][0]._input_quantizer
+    loss_fn = DistillationLoss(model, teacher)
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        q._amax.fill_(-0.5)  # where a large step lands
+    state = model.state_dict()
+    assert float(state["model.1.0._input_quantizer._amax"]) == 0.0  # saved as the value it quantizes with
+    twin = toy_calibrated(seed=1)
+    twin.load_state_dict(state)  # loads: no negative amax in it
+    loss_fn(x).backward()
+    assert float(q.amax.detach()) > 0 and float(q._amax.grad) < 0  # projected to the floor, told to grow
+    optimizer = torch.optim.SGD([q._amax], lr=0.5)
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss_fn(x).backward()
+        optimizer.step()
+    assert float(q.amax.detach()) > 0.05  # recovered from the floor
+    with torch.no_grad():
+        q._amax.fill_(-0.5)
+    make_amax_fixed(q)
+    assert not q.is_learnable and float(q.amax) == 0.0
 
 
 # ------------------------------------------------------------------------------------------------- devices, DDP

@@ -11,7 +11,8 @@ from torch import nn
 
 from ..calib import HistogramCalibrator, MaxCalibrator, NonFiniteError, effective_method
 from ..descriptor import QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
-from ..tensor_quant import amax_to_scale, fake_tensor_quant, learnable_fake_tensor_quant, quant_bounds, tensor_quant
+from ..tensor_quant import (AMAX_FLOOR, amax_to_scale, fake_tensor_quant, learnable_fake_tensor_quant, quant_bounds,
+                            tensor_quant)
 from ..errors import QdqtorchError
 
 Calibrator = Union[MaxCalibrator, HistogramCalibrator]
@@ -148,6 +149,14 @@ class TensorQuantizer(nn.Module):
                                        f"[{lo}, {hi}]")
         self._zero_point.fill_(value)
         self._zero_point_value = value
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "_amax"
+        if self.is_learnable and not keep_vars and key in destination:
+            # saved right after an optimizer step, a learned amax may be below 0, which the quantizer treats as its
+            # floor (forward projects it); save a value that loads anywhere and quantizes the same
+            destination[key] = destination[key].clamp_min(0.0)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -320,6 +329,10 @@ class TensorQuantizer(nn.Module):
             return tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis, zp)[0]
         if torch.onnx.is_in_onnx_export():
             return self._export_forward(x, amax)
+        if isinstance(amax, nn.Parameter):
+            # an optimizer step may have pushed a learned amax below the floor, where it would pass no gradient (stuck
+            # at a grid of zeros); project it back. `.data`: no autograd version bump, gradient accumulation works
+            amax.data.clamp_(min=AMAX_FLOOR)
         if isinstance(amax, nn.Parameter) and torch.is_grad_enabled():
             return learnable_fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis, zp)
         return fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis, zp)

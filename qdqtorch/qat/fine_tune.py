@@ -14,10 +14,9 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..quantize import model_device, named_quantizers
-from ..tensor_quant import AMAX_FLOOR
 from ..recovery import gather_images
 from .distill import Blocks, DistillationLoss, make_teacher
-from .prepare import (LearnAmax, amax_parameters, freeze_batchnorm, is_batchnorm_frozen, make_amax_fixed,
+from .prepare import (LearnAmax, freeze_batchnorm, is_batchnorm_frozen, make_amax_fixed,
                       param_groups, prepare_qat, unfreeze_batchnorm)
 
 
@@ -114,7 +113,6 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
         opt = torch.optim.Adam(groups) if optimizer == "adam" else torch.optim.SGD(groups, momentum=0.9)
         total_steps = epochs * len(fixed)
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(schedule, total_steps))
-        amax_params = amax_parameters(model)
         generator = torch.Generator().manual_seed(seed)
         bar = tqdm(total=total_steps, desc="fine-tune (distillation)", unit="batch", disable=not progress)
         with bar:
@@ -128,9 +126,6 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    with torch.no_grad():  # a step past zero would leave an amax the quantizer cannot use
-                        for amax in amax_params:
-                            amax.clamp_(min=AMAX_FLOOR)
                     scheduler.step()
                     total += loss_fn.last["loss"] * batch.shape[0]
                     report.steps += 1

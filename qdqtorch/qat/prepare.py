@@ -93,11 +93,12 @@ def make_amax_learnable(quantizer: TensorQuantizer) -> None:
 
 
 def make_amax_fixed(quantizer: TensorQuantizer) -> None:
-    """Undo `make_amax_learnable`: `_amax` becomes a buffer again, holding its current (possibly learned) value."""
+    """Undo `make_amax_learnable`: `_amax` becomes a buffer again, holding its current (possibly learned) value
+    (negatives a last optimizer step left become 0: either way the quantizer's scale is floored at `AMAX_FLOOR`)."""
     if quantizer.learn_amax:
         quantizer.desc = quantizer.desc.replace(learn_amax=False)
-    if quantizer.is_learnable:
-        quantizer.amax = quantizer.amax.detach()  # re-registers `_amax` as a buffer (TensorQuantizer._set_amax)
+    if quantizer.is_learnable:  # re-registers `_amax` as a buffer (TensorQuantizer._set_amax)
+        quantizer.amax = quantizer.amax.detach().clamp_min(0.0)
 
 
 @dataclass
