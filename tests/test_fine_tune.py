@@ -261,3 +261,25 @@ def test_yolov5n_fine_tune_gets_closer_to_float_and_the_export_reproduces_it(yol
     ort = OnnxRuntimeModule(path, int8_kernels=False)(images).numpy()
     # rounding ties aside, the graph computes fake quant: far closer to it than quantization is to float
     assert _snr_db(ort, fake) > _snr_db(fake, ref) + 3.0
+
+
+def test_on_epoch_sees_each_epochs_weights_and_leaves_the_run_unchanged():
+    model, float_model, data = _toy()
+    twin = copy.deepcopy(model)
+    seen: list[tuple[int, float, bool]] = []
+    training_at_entry: list[bool] = []
+
+    def evaluate(epoch: int, m: nn.Module) -> None:
+        training_at_entry.append(m.training)
+        m.eval()  # what an evaluation does; fine_tune must switch back to training
+        seen.append((epoch, _output_error(m, float_model, data), torch.is_grad_enabled()))
+
+    kwargs = dict(epochs=20, num_images=32, batch_size=8, lr=2e-3, progress=False)  # long enough to be kept
+    report = fine_tune(model, [data], on_epoch=evaluate, **kwargs)
+    plain = fine_tune(twin, [data], **kwargs)
+    assert report.kept and [e for e, _, _ in seen] == list(range(1, 21)) and not any(g for _, _, g in seen)
+    assert len({err for _, err, _ in seen}) == 20  # the weights moved between the calls
+    assert seen[-1][1] == pytest.approx(_output_error(model, float_model, data), rel=1e-12)  # last call: final weights
+    assert all(training_at_entry)  # the previous call's eval() was undone
+    assert report.epoch_losses == plain.epoch_losses  # the callback's evaluation did not change training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))

@@ -68,7 +68,7 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
               learn_amax: LearnAmax = False, freeze_bn: bool = True, blocks: Blocks = "auto",
               block_weight: float = 1.0, output_weight: float = 1.0, schedule: str = "constant", seed: int = 0,
               device: Union[str, torch.device, None] = None, preprocess: Optional[Callable[[Any], Any]] = None,
-              progress: bool = True) -> FineTuneReport:
+              on_epoch: Optional[Callable[[int, nn.Module], None]] = None, progress: bool = True) -> FineTuneReport:
     """Fine-tune a quantized, calibrated model in place by distillation from its frozen float copy (per-block MSE
     plus final-output MSE, `DistillationLoss`) on `num_images` unlabelled images from `data`: `epochs` passes in a
     new order each (seeded), Adam (or SGD with momentum 0.9) at `lr` on the weights, `amax_lr` (default 100 x lr)
@@ -81,7 +81,8 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
     train/eval flag, frozen BatchNorm layers, parameters' requires_grad, and amax buffers (a learned amax is a
     buffer again, holding the learned value). When the distillation loss on the images is not lower than before,
     or on any error or Ctrl-C, the model's state is put back as it was. `preprocess` maps a batch of `data` to the
-    image tensor (dict batches need it).
+    image tensor (dict batches need it). `on_epoch(epoch, model)`, called after each epoch (1, 2, ...) without
+    gradient, may evaluate or save the model mid-run (BENCHMARKS.md §8i); its train/eval switches are undone.
     """
     if epochs < 1 or num_images < 1 or batch_size < 1:
         raise UsageError(f"fine_tune: epochs, num_images and batch_size must be >= 1, got {epochs}, {num_images}, "
@@ -132,6 +133,11 @@ def fine_tune(model: nn.Module, data: Iterable, *, epochs: int = 8, num_images: 
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_fn.last['loss']:.4g}")
                 report.epoch_losses.append(total / images.shape[0])
+                if on_epoch is not None:
+                    training = model.training
+                    with torch.no_grad():
+                        on_epoch(len(report.epoch_losses), model)
+                    model.train(training)
         report.loss_after = loss_fn.measure(fixed, device=device)["loss"]
         report.kept = report.loss_after < report.loss_before
         restore = not report.kept

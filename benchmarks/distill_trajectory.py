@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Fidelity and COCO mAP of the distillation recovery after every epoch, per shuffling seed: how much a single
+figure depends on the step where the run stops, and the level the recipe holds once past its first epochs.
+
+    python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 1 --out runs/distill_trajectory
+
+Reference protocol (calibrate on 128 coco128 train images, mse, shifted grid; 128 val images at 640); the
+distillation runs on the calibration images with `fine_tune`'s defaults (constant lr, so its first 8 epochs are
+exactly the default 8-epoch recovery of the same seed) and is scored in fake quant after each epoch through
+`fine_tune(on_epoch=...)`, fidelity and COCO mAP from one inference pass. Writes results.json, a markdown table and
+trajectory.png (with matplotlib installed).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import add_protocol_args, machine  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_protocol_args(p)
+    p.add_argument("--rules", default="tensorrt")
+    p.add_argument("--grid", choices=["symmetric", "shifted"], default="shifted")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--settled", type=int, default=4, help="epochs from this one on make up the 'settled' summary")
+    p.add_argument("--out", default="runs/distill_trajectory")
+    args = p.parse_args(argv)
+    if not 0 <= args.settled <= args.epochs:
+        p.error(f"--settled {args.settled} must be between 0 and --epochs {args.epochs}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    from qdqtorch import QuantConfig, calibrate, quantize_model
+    from qdqtorch.data import Preprocess, calibration_loader
+    from qdqtorch.eval import EvalSet, evaluate
+    from qdqtorch.eval.fidelity import candidate_tap, float_reference, score_tap
+    from qdqtorch.models import load_model
+    from qdqtorch.qat import fine_tune
+    from qdqtorch.rules import apply_placement, placement_from_name
+
+    loaded = load_model(args.model, repo=args.repo)
+    pp = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
+    eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval, progress=False)
+    reference = float_reference(loaded.model, eval_set, layout=loaded.layout, output_images=0)
+    model = copy.deepcopy(loaded.model)
+    quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
+    apply_placement(model, placement_from_name(args.rules), next(eval_set.batches(1))[1])
+    calibrate(model, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib), method="mse",
+              grid=args.grid, progress=False)
+
+    def score(candidate) -> dict:
+        tap = candidate_tap(reference, outputs=False)
+        coco = evaluate(candidate, eval_set, layout=loaded.layout, select=tap, progress=False)
+        return {"fidelity": score_tap(tap, reference).map50_95, "map50_95": coco.map50_95}
+
+    start = score(model)
+    print({"epoch": 0, **start}, flush=True)
+    runs = {}
+    for seed in args.seeds:
+        rows = [{"epoch": 0, **start}]
+
+        def after_epoch(epoch: int, candidate, rows=rows, seed=seed) -> None:
+            rows.append({"epoch": epoch, **score(candidate)})
+            print({"seed": seed, **rows[-1]}, flush=True)
+
+        report = fine_tune(copy.deepcopy(model), calibration_loader(args.data, pp, batch_size=16,
+                                                                    num_images=args.num_calib),
+                           num_images=args.num_calib, epochs=args.epochs, seed=seed, on_epoch=after_epoch,
+                           progress=False)
+        print(report, flush=True)
+        runs[str(seed)] = {"rows": rows, "epoch_losses": report.epoch_losses, "seconds": report.seconds}
+    return runs
+
+
+def summary(runs: dict, settled: int) -> dict:
+    """Per seed and over all seeds: mean, standard deviation, min and max of fidelity from epoch `settled` on."""
+    def stats(values: list) -> dict:
+        return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values), "max": max(values), "n": len(values)}
+    per_seed = {seed: stats([r["fidelity"] for r in run["rows"] if r["epoch"] >= settled])
+                for seed, run in runs.items()}
+    pooled = [r["fidelity"] for run in runs.values() for r in run["rows"] if r["epoch"] >= settled]
+    return {"per_seed": per_seed, "all": stats(pooled)}
+
+
+def table(runs: dict) -> str:
+    seeds = list(runs)
+    lines = ["| epoch | " + " | ".join(f"seed {s}: fidelity / COCO mAP50-95" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
+    for i, row in enumerate(runs[seeds[0]]["rows"]):
+        cells = [f"{runs[s]['rows'][i]['fidelity']:.3f} / {runs[s]['rows'][i]['map50_95']:.4f}" for s in seeds]
+        lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict, title: str) -> Optional[bytes]:
+    """Fidelity against epoch, one line per seed, as PNG bytes (None without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for seed, run in runs.items():
+        epochs, values = [r["epoch"] for r in run["rows"]], [r["fidelity"] for r in run["rows"]]
+        ax.plot(epochs, values, marker="o", label=f"seed {seed}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("fidelity mAP50-95 (fake quant)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def main(argv=None) -> int:
+    from qdqtorch.atomic import atomic_write_bytes, atomic_write_text
+
+    args = parse_args(argv)
+    print(machine())
+    runs = run(args)
+    result = {"machine": machine(), "settings": vars(args), "runs": runs, "settled": summary(runs, args.settled)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(result, indent=1))
+    text = table(runs)
+    atomic_write_text(out / "table.md", text + "\n")
+    png = plot(runs, f"{Path(args.model).name}, {args.rules}: fidelity after each distillation epoch")
+    if png is not None:
+        atomic_write_bytes(out / "trajectory.png", png)
+    print(text)
+    print(json.dumps(result["settled"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
