@@ -29,10 +29,13 @@ from _common import add_protocol_args, machine  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_protocol_args(p)
+    p.add_argument("--labelled", nargs="*", default=["yolov5n.pt"], help="model file names scored against labels "
+                   "(others, such as the PPE checkpoint, by fidelity alone)")
     p.add_argument("--rules", default="tensorrt")
     p.add_argument("--grid", choices=["symmetric", "shifted"], default="shifted")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--learn-amax", action="store_true", help="learn every quantizer's amax too (fine_tune)")
     p.add_argument("--settled", type=int, default=4, help="epochs from this one on make up the 'settled' summary")
     p.add_argument("--out", default="runs/distill_trajectory")
     args = p.parse_args(argv)
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> dict:
     from qdqtorch import QuantConfig, calibrate, quantize_model
     from qdqtorch.data import Preprocess, calibration_loader
     from qdqtorch.eval import EvalSet, evaluate
-    from qdqtorch.eval.fidelity import candidate_tap, float_reference, score_tap
+    from qdqtorch.eval.fidelity import candidate_tap, fidelity, float_reference, score_tap
     from qdqtorch.models import load_model
     from qdqtorch.qat import fine_tune
     from qdqtorch.rules import apply_placement, placement_from_name
@@ -60,7 +63,11 @@ def run(args: argparse.Namespace) -> dict:
     calibrate(model, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib), method="mse",
               grid=args.grid, progress=False)
 
+    labelled = Path(args.model).name in args.labelled
+
     def score(candidate) -> dict:
+        if not labelled:
+            return {"fidelity": fidelity(candidate, reference, outputs=False).map50_95}
         tap = candidate_tap(reference, outputs=False)
         coco = evaluate(candidate, eval_set, layout=loaded.layout, select=tap, progress=False)
         return {"fidelity": score_tap(tap, reference).map50_95, "map50_95": coco.map50_95}
@@ -77,7 +84,8 @@ def run(args: argparse.Namespace) -> dict:
 
         report = fine_tune(copy.deepcopy(model), calibration_loader(args.data, pp, batch_size=16,
                                                                     num_images=args.num_calib),
-                           num_images=args.num_calib, epochs=args.epochs, seed=seed, on_epoch=after_epoch,
+                           num_images=args.num_calib, epochs=args.epochs, seed=seed, learn_amax=args.learn_amax,
+                           on_epoch=after_epoch,
                            progress=False)
         print(report, flush=True)
         runs[str(seed)] = {"rows": rows, "epoch_losses": report.epoch_losses, "seconds": report.seconds}
@@ -100,7 +108,8 @@ def table(runs: dict) -> str:
     lines = ["| epoch | " + " | ".join(f"seed {s}: fidelity / COCO mAP50-95" for s in seeds) + " |",
              "|---|" + "---|" * len(seeds)]
     for i, row in enumerate(runs[seeds[0]]["rows"]):
-        cells = [f"{runs[s]['rows'][i]['fidelity']:.3f} / {runs[s]['rows'][i]['map50_95']:.4f}" for s in seeds]
+        cells = [f"{runs[s]['rows'][i]['fidelity']:.3f}" + (f" / {runs[s]['rows'][i]['map50_95']:.4f}"
+                                                              if "map50_95" in row else " / -") for s in seeds]
         lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -115,6 +115,12 @@ COMMANDS = [
     ("learn_amax_trt", "§8h", "OMP_NUM_THREADS=2 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --rules tensorrt --methods distill:learn_amax=1 --grids "
                               "shifted --out runs/learn_amax_trt"),
+    ("traj_trt", "§8i", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 1 "
+                        "--out runs/traj_tensorrt"),
+    ("traj_res", "§8i", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt-int8-residual "
+                        "--seeds 0 1 --out runs/traj_tensorrt-int8-residual"),
+    ("traj_ppe", "§8i", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --model "
+                        "../shared/models/ppe_yolov5n.pt --rules tensorrt --seeds 0 1 --out runs/traj_ppe_tensorrt"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
