@@ -105,11 +105,12 @@ def summary(runs: dict, settled: int) -> dict:
 
 def table(runs: dict) -> str:
     seeds = list(runs)
-    lines = ["| epoch | " + " | ".join(f"seed {s}: fidelity / COCO mAP50-95" for s in seeds) + " |",
-             "|---|" + "---|" * len(seeds)]
+    labelled = "map50_95" in runs[seeds[0]]["rows"][0]
+    what = "fidelity / COCO mAP50-95" if labelled else "fidelity"
+    lines = ["| epoch | " + " | ".join(f"seed {s}: {what}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for i, row in enumerate(runs[seeds[0]]["rows"]):
         cells = [f"{runs[s]['rows'][i]['fidelity']:.3f}" + (f" / {runs[s]['rows'][i]['map50_95']:.4f}"
-                                                              if "map50_95" in row else " / -") for s in seeds]
+                                                              if labelled else "") for s in seeds]
         lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
