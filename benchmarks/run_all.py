@@ -119,6 +119,8 @@ COMMANDS = [
                         "--out runs/traj_tensorrt"),
     ("traj_res", "§8i", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt-int8-residual "
                         "--seeds 0 1 --out runs/traj_tensorrt-int8-residual"),
+    ("traj_res_learn_amax", "§8i", "OMP_NUM_THREADS=2 python benchmarks/distill_trajectory.py --rules "
+                                   "tensorrt-int8-residual --learn-amax --seeds 0 1 --out runs/traj_res_learn_amax"),
     ("traj_ppe", "§8i", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --model "
                         "../shared/models/ppe_yolov5n.pt --rules tensorrt --seeds 0 1 --out runs/traj_ppe_tensorrt"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
