@@ -143,9 +143,10 @@ def main(argv=None) -> int:
     from qdqtorch.atomic import atomic_write_bytes, atomic_write_text
 
     args = parse_args(argv)
-    print(machine())
+    where = machine()   # before the run: its load average is the one at start
+    print(where)
     runs = run(args)
-    result = {"machine": machine(), "settings": vars(args), "runs": runs, "settled": summary(runs, args.settled)}
+    result = {"machine": where, "settings": vars(args), "runs": runs, "settled": summary(runs, args.settled)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(result, indent=1))

@@ -88,9 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recover-epochs", type=int, default=S, help="--recover distill: passes over the images "
                                                                  "(default 8)")
     p.add_argument("--recover-learn-amax", action="store_true", default=S,
-                   help="--recover distill: also learn every quantizer's amax (YOLOv5n int8-residual, three seeds: "
-                        "COCO mAP 0.333-0.348 in ONNX Runtime, mean 0.341, vs 0.332-0.334 without; fidelity a tie; "
-                        "BENCHMARKS.md §8h)")
+                   help="--recover distill: also learn every quantizer's amax (YOLOv5n int8-residual: COCO mAP "
+                        "settles at 0.337 vs 0.335 without, a tie, at fidelity 0.928 vs 0.936; single runs 0.333-0.348 "
+                        "in ONNX Runtime; BENCHMARKS.md §8h-§8i)")
     p.add_argument("--bias-correction", action="store_true", default=S,
                    help="with --recover: shift biases to cancel each layer's mean output error")
     p.add_argument("--ignore", nargs="+", default=S, metavar="REGEX",

@@ -333,8 +333,9 @@ class TensorQuantizer(nn.Module):
             # an optimizer step may have pushed a learned amax below the floor, where it would pass no gradient (stuck
             # at a grid of zeros); project it back. `.data`: no autograd version bump, gradient accumulation works
             amax.data.clamp_(min=AMAX_FLOOR)
-        if isinstance(amax, nn.Parameter) and torch.is_grad_enabled():
-            return learnable_fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis, zp)
+            if torch.is_grad_enabled():
+                return learnable_fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis,
+                                                   zp)
         return fake_tensor_quant(x, amax, self.num_bits, self.unsigned, self.narrow_range, self.axis, zp)
 
     def _collect(self, x: torch.Tensor) -> None:
