@@ -7,8 +7,9 @@ figure depends on the step where the run stops, and the level the recipe holds o
 Reference protocol (calibrate on 128 coco128 train images, mse, shifted grid; 128 val images at 640); the
 distillation runs on the calibration images with `fine_tune`'s defaults (constant lr, so its first 8 epochs are
 exactly the default 8-epoch recovery of the same seed) and is scored in fake quant after each epoch through
-`fine_tune(on_epoch=...)`, fidelity and COCO mAP from one inference pass. Writes results.json, a markdown table and
-trajectory.png (with matplotlib installed).
+`fine_tune(on_epoch=...)`, fidelity and COCO mAP from one inference pass. `--calib-fidelity` also scores fidelity
+on the calibration images themselves, the ones the distillation trains on: whether the run fits its own data.
+Writes results.json, a markdown table and trajectory.png (with matplotlib installed).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--learn-amax", action="store_true", help="learn every quantizer's amax too (fine_tune)")
+    p.add_argument("--calib-fidelity", action="store_true", help="also score fidelity on the calibration images "
+                   "(the distillation's training data) after every epoch")
     p.add_argument("--settled", type=int, default=4, help="epochs from this one on make up the 'settled' summary")
     p.add_argument("--out", default="runs/distill_trajectory")
     args = p.parse_args(argv)
@@ -64,13 +67,19 @@ def run(args: argparse.Namespace) -> dict:
               grid=args.grid, progress=False)
 
     labelled = Path(args.model).name in args.labelled
+    calib_reference = None
+    if args.calib_fidelity:   # calibration_loader's images: the first num_calib of the yaml's train split
+        calib_set = EvalSet.from_yaml(args.data, "train", pp, num_images=args.num_calib, progress=False)
+        calib_reference = float_reference(loaded.model, calib_set, layout=loaded.layout, output_images=0)
 
     def score(candidate) -> dict:
+        extra = ({} if calib_reference is None else
+                 {"calib_fidelity": fidelity(candidate, calib_reference, outputs=False).map50_95})
         if not labelled:
-            return {"fidelity": fidelity(candidate, reference, outputs=False).map50_95}
+            return {"fidelity": fidelity(candidate, reference, outputs=False).map50_95, **extra}
         tap = candidate_tap(reference, outputs=False)
         coco = evaluate(candidate, eval_set, layout=loaded.layout, select=tap, progress=False)
-        return {"fidelity": score_tap(tap, reference).map50_95, "map50_95": coco.map50_95}
+        return {"fidelity": score_tap(tap, reference).map50_95, "map50_95": coco.map50_95, **extra}
 
     start = score(model)
     print({"epoch": 0, **start}, flush=True)
@@ -92,25 +101,27 @@ def run(args: argparse.Namespace) -> dict:
     return runs
 
 
-def summary(runs: dict, settled: int) -> dict:
-    """Per seed and over all seeds: mean, standard deviation, min and max of fidelity from epoch `settled` on."""
+def summary(runs: dict, settled: int, key: str = "fidelity") -> dict:
+    """Per seed and over all seeds: mean, standard deviation, min and max of `key` from epoch `settled` on."""
     def stats(values: list) -> dict:
         return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "min": min(values), "max": max(values), "n": len(values)}
-    per_seed = {seed: stats([r["fidelity"] for r in run["rows"] if r["epoch"] >= settled])
-                for seed, run in runs.items()}
-    pooled = [r["fidelity"] for run in runs.values() for r in run["rows"] if r["epoch"] >= settled]
+    per_seed = {seed: stats([r[key] for r in run["rows"] if r["epoch"] >= settled]) for seed, run in runs.items()}
+    pooled = [r[key] for run in runs.values() for r in run["rows"] if r["epoch"] >= settled]
     return {"per_seed": per_seed, "all": stats(pooled)}
 
 
 def table(runs: dict) -> str:
     seeds = list(runs)
-    labelled = "map50_95" in runs[seeds[0]]["rows"][0]
-    what = "fidelity / COCO mAP50-95" if labelled else "fidelity"
+    first = runs[seeds[0]]["rows"][0]
+    labelled, calib = "map50_95" in first, "calib_fidelity" in first
+    what = "fidelity" + (" / COCO mAP50-95" if labelled else "") + (" / fidelity on the calibration images"
+                                                                   if calib else "")
     lines = ["| epoch | " + " | ".join(f"seed {s}: {what}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for i, row in enumerate(runs[seeds[0]]["rows"]):
         cells = [f"{runs[s]['rows'][i]['fidelity']:.3f}" + (f" / {runs[s]['rows'][i]['map50_95']:.4f}"
-                                                              if labelled else "") for s in seeds]
+                                                              if labelled else "")
+                 + (f" / {runs[s]['rows'][i]['calib_fidelity']:.3f}" if calib else "") for s in seeds]
         lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -126,7 +137,10 @@ def plot(runs: dict, title: str) -> Optional[bytes]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for seed, run in runs.items():
         epochs, values = [r["epoch"] for r in run["rows"]], [r["fidelity"] for r in run["rows"]]
-        ax.plot(epochs, values, marker="o", label=f"seed {seed}")
+        line, = ax.plot(epochs, values, marker="o", label=f"seed {seed}, val images")
+        if "calib_fidelity" in run["rows"][0]:
+            ax.plot(epochs, [r["calib_fidelity"] for r in run["rows"]], marker="s", linestyle="--",
+                    color=line.get_color(), label=f"seed {seed}, calibration images (trained on)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("fidelity mAP50-95 (fake quant)")
     ax.set_title(title)
@@ -147,6 +161,8 @@ def main(argv=None) -> int:
     print(where)
     runs = run(args)
     result = {"machine": where, "settings": vars(args), "runs": runs, "settled": summary(runs, args.settled)}
+    if args.calib_fidelity:
+        result["settled_calib_fidelity"] = summary(runs, args.settled, "calib_fidelity")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(result, indent=1))
@@ -156,7 +172,7 @@ def main(argv=None) -> int:
     if png is not None:
         atomic_write_bytes(out / "trajectory.png", png)
     print(text)
-    print(json.dumps(result["settled"], indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k.startswith("settled")}, indent=1))
     return 0
 
 
