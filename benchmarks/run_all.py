@@ -128,6 +128,9 @@ COMMANDS = [
     ("traj_calib_res", "§8j", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
                               "tensorrt-int8-residual --seeds 0 --epochs 12 --calib-fidelity --out "
                               "runs/traj_calib_tensorrt-int8-residual"),
+    ("traj_calib_ppe", "§8j", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --model "
+                              "../shared/models/ppe_yolov5n.pt --rules tensorrt --seeds 0 --epochs 12 "
+                              "--calib-fidelity --out runs/traj_calib_ppe_tensorrt"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
