@@ -114,14 +114,13 @@ def summary(runs: dict, settled: int, key: str = "fidelity") -> dict:
 def table(runs: dict) -> str:
     seeds = list(runs)
     first = runs[seeds[0]]["rows"][0]
-    labelled, calib = "map50_95" in first, "calib_fidelity" in first
-    what = "fidelity" + (" / COCO mAP50-95" if labelled else "") + (" / fidelity on the calibration images"
-                                                                   if calib else "")
+    columns = [(key, label, digits) for key, label, digits in (
+        ("fidelity", "fidelity", 3), ("map50_95", "COCO mAP50-95", 4),
+        ("calib_fidelity", "fidelity on the calibration images", 3)) if key in first]
+    what = " / ".join(label for _, label, _ in columns)
     lines = ["| epoch | " + " | ".join(f"seed {s}: {what}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for i, row in enumerate(runs[seeds[0]]["rows"]):
-        cells = [f"{runs[s]['rows'][i]['fidelity']:.3f}" + (f" / {runs[s]['rows'][i]['map50_95']:.4f}"
-                                                              if labelled else "")
-                 + (f" / {runs[s]['rows'][i]['calib_fidelity']:.3f}" if calib else "") for s in seeds]
+        cells = [" / ".join(f"{runs[s]['rows'][i][key]:.{digits}f}" for key, _, digits in columns) for s in seeds]
         lines.append(f"| {row['epoch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
