@@ -14,6 +14,7 @@ Writes results.json, a markdown table and trajectory.png (with matplotlib instal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
 import json
@@ -25,6 +26,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import add_protocol_args, machine  # noqa: E402
+from _weight_flips import WeightFlips  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +39,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--learn-amax", action="store_true", help="learn every quantizer's amax too (fine_tune)")
+    p.add_argument("--lr", type=float, default=1e-5, help="fine_tune's weight learning rate")
+    p.add_argument("--block-weight", type=float, default=1.0, help="fine_tune's weight of the per-block MSE terms "
+                   "(0: final-output MSE only)")
+    p.add_argument("--track-flips", action="store_true", help="count the integer weights that change in each "
+                   "epoch, and those that go back to their previous value (oscillation)")
+    p.add_argument("--pull-to-grid", type=float, default=0.0, help="after each step move every weight this "
+                   "fraction of the way to the centre of its rounding bin (damps oscillation; implies --track-flips)")
     p.add_argument("--calib-fidelity", action="store_true", help="also score fidelity on the calibration images "
                    "(the distillation's training data) after every epoch")
     p.add_argument("--settled", type=int, default=4, help="epochs from this one on make up the 'settled' summary")
@@ -83,21 +92,29 @@ def run(args: argparse.Namespace) -> dict:
 
     start = score(model)
     print({"epoch": 0, **start}, flush=True)
+    track = args.track_flips or args.pull_to_grid > 0
+    if track:
+        start.update(changed=0, reverted=0)
     runs = {}
     for seed in args.seeds:
         rows = [{"epoch": 0, **start}]
+        student = copy.deepcopy(model)
+        flips = WeightFlips(student, pull=args.pull_to_grid)
 
-        def after_epoch(epoch: int, candidate, rows=rows, seed=seed) -> None:
-            rows.append({"epoch": epoch, **score(candidate)})
+        def after_epoch(epoch: int, candidate, rows=rows, seed=seed, flips=flips) -> None:
+            per_epoch = len(flips.per_step) // epoch
+            counts = flips.totals_since(per_epoch * (epoch - 1))   # this epoch's steps
+            rows.append({"epoch": epoch, **score(candidate), **(counts if track else {})})
             print({"seed": seed, **rows[-1]}, flush=True)
 
-        report = fine_tune(copy.deepcopy(model), calibration_loader(args.data, pp, batch_size=16,
-                                                                    num_images=args.num_calib),
-                           num_images=args.num_calib, epochs=args.epochs, seed=seed, learn_amax=args.learn_amax,
-                           on_epoch=after_epoch,
-                           progress=False)
+        with flips if track else contextlib.nullcontext():
+            report = fine_tune(student, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib),
+                               num_images=args.num_calib, epochs=args.epochs, seed=seed, learn_amax=args.learn_amax,
+                               lr=args.lr, block_weight=args.block_weight, on_epoch=after_epoch, progress=False)
         print(report, flush=True)
         runs[str(seed)] = {"rows": rows, "epoch_losses": report.epoch_losses, "seconds": report.seconds}
+        if track:
+            runs[str(seed)]["quantized_weights"] = flips.num_weights
     return runs
 
 
@@ -116,7 +133,8 @@ def table(runs: dict) -> str:
     first = runs[seeds[0]]["rows"][0]
     columns = [(key, label, digits) for key, label, digits in (
         ("fidelity", "fidelity", 3), ("map50_95", "COCO mAP50-95", 4),
-        ("calib_fidelity", "fidelity on the calibration images", 3)) if key in first]
+        ("calib_fidelity", "fidelity on the calibration images", 3), ("changed", "weights changed", 0),
+        ("reverted", "of them reverted", 0)) if key in first]
     what = " / ".join(label for _, label, _ in columns)
     lines = ["| epoch | " + " | ".join(f"seed {s}: {what}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for i, row in enumerate(runs[seeds[0]]["rows"]):
