@@ -170,6 +170,15 @@ def plot(runs: dict, title: str) -> Optional[bytes]:
     return buffer.getvalue()
 
 
+def variant(args: argparse.Namespace) -> str:
+    """The settings that differ from fine_tune's defaults, for the plot title (empty when none do)."""
+    changed = [f"lr {args.lr:g}" if args.lr != 1e-5 else "",
+               f"block weight {args.block_weight:g}" if args.block_weight != 1.0 else "",
+               f"pull {args.pull_to_grid:g}" if args.pull_to_grid > 0 else "",
+               "learned amax" if args.learn_amax else ""]
+    return "".join(f", {c}" for c in changed if c)
+
+
 def main(argv=None) -> int:
     from qdqtorch.atomic import atomic_write_bytes, atomic_write_text
 
@@ -185,7 +194,7 @@ def main(argv=None) -> int:
     atomic_write_text(out / "results.json", json.dumps(result, indent=1))
     text = table(runs)
     atomic_write_text(out / "table.md", text + "\n")
-    png = plot(runs, f"{Path(args.model).name}, {args.rules}: fidelity after each distillation epoch")
+    png = plot(runs, f"{Path(args.model).name}, {args.rules}{variant(args)}: fidelity after each distillation epoch")
     if png is not None:
         atomic_write_bytes(out / "trajectory.png", png)
     print(text)
