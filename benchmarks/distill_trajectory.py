@@ -51,6 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--settled", type=int, default=4, help="epochs from this one on make up the 'settled' summary")
     p.add_argument("--out", default="runs/distill_trajectory")
     args = p.parse_args(argv)
+    if args.lr <= 0 or args.block_weight < 0:
+        p.error(f"--lr must be > 0 and --block-weight >= 0, got {args.lr} and {args.block_weight}")
+    if not 0 <= args.pull_to_grid <= 1:
+        p.error(f"--pull-to-grid {args.pull_to_grid} must be between 0 (off) and 1 (integers fixed)")
     if not 0 <= args.settled <= args.epochs:
         p.error(f"--settled {args.settled} must be between 0 and --epochs {args.epochs}")
     return args
@@ -99,21 +103,19 @@ def run(args: argparse.Namespace) -> dict:
     for seed in args.seeds:
         rows = [{"epoch": 0, **start}]
         student = copy.deepcopy(model)
-        flips = WeightFlips(student, pull=args.pull_to_grid)
+        flips = WeightFlips(student, pull=args.pull_to_grid) if track else None
 
         def after_epoch(epoch: int, candidate, rows=rows, seed=seed, flips=flips) -> None:
-            per_epoch = len(flips.per_step) // epoch
-            counts = flips.totals_since(per_epoch * (epoch - 1))   # this epoch's steps
-            rows.append({"epoch": epoch, **score(candidate), **(counts if track else {})})
+            rows.append({"epoch": epoch, **score(candidate), **(flips.epoch_totals(epoch) if flips else {})})
             print({"seed": seed, **rows[-1]}, flush=True)
 
-        with flips if track else contextlib.nullcontext():
+        with flips or contextlib.nullcontext():
             report = fine_tune(student, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib),
                                num_images=args.num_calib, epochs=args.epochs, seed=seed, learn_amax=args.learn_amax,
                                lr=args.lr, block_weight=args.block_weight, on_epoch=after_epoch, progress=False)
         print(report, flush=True)
         runs[str(seed)] = {"rows": rows, "epoch_losses": report.epoch_losses, "seconds": report.seconds}
-        if track:
+        if flips:
             runs[str(seed)]["quantized_weights"] = flips.num_weights
     return runs
 

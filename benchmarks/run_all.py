@@ -131,26 +131,28 @@ COMMANDS = [
     ("traj_calib_ppe", "§8j", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --model "
                               "../shared/models/ppe_yolov5n.pt --rules tensorrt --seeds 0 --epochs 12 "
                               "--calib-fidelity --out runs/traj_calib_ppe_tensorrt"),
-    ("traj_lr3e-5", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt --seeds 0 --epochs 10 --calib-fidelity --lr 3e-5 --out runs/traj_lr3e-5_trt"),
-    ("traj_lr5e-6", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt --seeds 0 --epochs 12 --calib-fidelity --lr 5e-6 --out runs/traj_lr5e-6_trt"),
-    ("traj_lr3e-6", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt --seeds 0 --epochs 12 --calib-fidelity --lr 3e-6 --out runs/traj_lr3e-6_trt"),
-    ("traj_output_only", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt --seeds 0 --epochs 10 --calib-fidelity --block-weight 0 --out runs/traj_bw0_trt"),
-    ("traj_flips", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt --seeds 0 --epochs 10 --track-flips --out runs/traj_flips_trt"),
-    ("traj_pull0.01", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt --seeds 0 --epochs 10 --pull-to-grid 0.01 --out runs/traj_pull0.01_trt"),
-    ("traj_pull0.05", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt --seeds 0 --epochs 10 --pull-to-grid 0.05 --out runs/traj_pull0.05_trt"),
-    ("traj_pull1", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt --seeds 0 --epochs 10 --pull-to-grid 1 --out runs/traj_pull1_trt"),
+    ("traj_lr3e-5", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 "
+                           "--epochs 10 --calib-fidelity --lr 3e-5 --out runs/traj_lr3e-5_trt"),
+    ("traj_lr5e-6", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 "
+                           "--epochs 12 --calib-fidelity --lr 5e-6 --out runs/traj_lr5e-6_trt"),
+    ("traj_lr3e-6", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 "
+                           "--epochs 12 --calib-fidelity --lr 3e-6 --out runs/traj_lr3e-6_trt"),
+    ("traj_output_only", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds "
+                                "0 --epochs 10 --calib-fidelity --block-weight 0 --out runs/traj_bw0_trt"),
+    ("traj_flips", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 "
+                          "--epochs 10 --track-flips --out runs/traj_flips_trt"),
+    ("traj_pull0.01", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 "
+                             "--epochs 10 --pull-to-grid 0.01 --out runs/traj_pull0.01_trt"),
+    ("traj_pull0.05", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 "
+                             "--epochs 10 --pull-to-grid 0.05 --out runs/traj_pull0.05_trt"),
+    ("traj_pull1", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 "
+                          "--epochs 10 --pull-to-grid 1 --out runs/traj_pull1_trt"),
     ("traj_pull0.01_res", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt-int8-residual --seeds 0 --epochs 10 --pull-to-grid 0.01 --out runs/traj_pull0.01_res"),
+                                 "tensorrt-int8-residual --seeds 0 --epochs 10 --pull-to-grid 0.01 --out "
+                                 "runs/traj_pull0.01_res"),
     ("traj_pull1_res", "§8k", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
-     "tensorrt-int8-residual --seeds 0 --epochs 10 --pull-to-grid 1 --out runs/traj_pull1_res"),
+                              "tensorrt-int8-residual --seeds 0 --epochs 10 --pull-to-grid 1 --out "
+                              "runs/traj_pull1_res"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
