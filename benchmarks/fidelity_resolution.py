@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""How finely does one fidelity figure resolve a model? The same model scored again after a change no deployment
+can avoid: every bias moved by one float32 ulp (random sign, seeded), the size of the differences between PyTorch,
+ONNX Runtime and TensorRT kernels (accumulation order, fused bias adds). The spread of those draws is the
+measurement's own resolution for one model: differences between single figures below it say nothing.
+
+    python benchmarks/fidelity_resolution.py --draws 5 --out runs/fidelity_resolution
+
+Reference protocol (calibrate on 128 coco128 train images, mse, `--grid`, `--rules`; 128 val images at 640). Scores
+the float model, the calibrated INT8 model (fake quant) and, with `--distill`, the same after `fine_tune`'s default
+distillation (seed 0): each unperturbed and in `--draws` perturbed copies, fidelity and COCO mAP from one pass.
+Writes results.json and a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import add_protocol_args, machine  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_protocol_args(p)
+    p.add_argument("--labelled", nargs="*", default=["yolov5n.pt"], help="model file names scored against labels "
+                   "too (others, such as the PPE checkpoint, by fidelity alone)")
+    p.add_argument("--rules", default="tensorrt")
+    p.add_argument("--grid", choices=["symmetric", "shifted"], default="shifted")
+    p.add_argument("--draws", type=int, default=5, help="perturbed copies scored per model")
+    p.add_argument("--distill", action="store_true", help="also score the model after the default distillation")
+    p.add_argument("--out", default="runs/fidelity_resolution")
+    args = p.parse_args(argv)
+    if args.draws < 2:
+        p.error(f"--draws {args.draws}: a spread needs at least 2")
+    return args
+
+
+@torch.no_grad()
+def perturb_biases(model: torch.nn.Module, seed: int) -> int:
+    """Move every bias parameter of `model` by one float32 ulp up or down (random, seeded) in place; returns how many
+    values moved."""
+    generator = torch.Generator().manual_seed(seed)
+    moved = 0
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[-1] != "bias" or not p.is_floating_point():
+            continue
+        up = torch.rand(p.shape, generator=generator) < 0.5
+        target = torch.where(up, torch.full_like(p, float("inf")), torch.full_like(p, float("-inf")))
+        p.copy_(torch.nextafter(p, target))
+        moved += p.numel()
+    return moved
+
+
+def spread(values: list) -> dict:
+    """Mean, standard deviation and range of a list of figures."""
+    return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values), "min": min(values),
+            "max": max(values), "n": len(values)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    where = machine()
+    print(where)
+    from qdqtorch import QuantConfig, calibrate, quantize_model
+    from qdqtorch.atomic import atomic_write_text
+    from qdqtorch.data import Preprocess, calibration_loader
+    from qdqtorch.eval import EvalSet, evaluate
+    from qdqtorch.eval.fidelity import candidate_tap, fidelity, float_reference, score_tap
+    from qdqtorch.models import load_model
+    from qdqtorch.qat import fine_tune
+    from qdqtorch.rules import apply_placement, placement_from_name
+
+    loaded = load_model(args.model, repo=args.repo)
+    pp = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
+    eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval, progress=False)
+    reference = float_reference(loaded.model, eval_set, layout=loaded.layout, output_images=0)
+    labelled = Path(args.model).name in args.labelled
+
+    def score(candidate: torch.nn.Module) -> dict:
+        if not labelled:
+            return {"fidelity": fidelity(candidate, reference, outputs=False).map50_95}
+        tap = candidate_tap(reference, outputs=False)
+        coco = evaluate(candidate, eval_set, layout=loaded.layout, select=tap, progress=False)
+        return {"fidelity": score_tap(tap, reference).map50_95, "map50_95": coco.map50_95}
+
+    quantized = copy.deepcopy(loaded.model)
+    quantize_model(quantized, QuantConfig(ignore=list(loaded.default_ignore)))
+    apply_placement(quantized, placement_from_name(args.rules), next(eval_set.batches(1))[1])
+    calib = calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib)
+    calibrate(quantized, calib, method="mse", grid=args.grid, progress=False)
+    models = {"float": loaded.model, f"INT8 {args.rules}, no recovery": quantized}
+    if args.distill:
+        distilled = copy.deepcopy(quantized)
+        print(fine_tune(distilled, calib, num_images=args.num_calib, progress=False), flush=True)
+        models[f"INT8 {args.rules}, distillation (default, seed 0)"] = distilled
+
+    results = {}
+    for label, model in models.items():
+        model.eval()
+        rows = [{"draw": 0, **score(model)}]
+        print({"model": label, **rows[-1]}, flush=True)
+        for draw in range(1, args.draws + 1):
+            copy_ = copy.deepcopy(model)
+            moved = perturb_biases(copy_, seed=draw)
+            rows.append({"draw": draw, **score(copy_)})
+            print({"model": label, "biases_moved": moved, **rows[-1]}, flush=True)
+        keys = [k for k in rows[0] if k != "draw"]
+        results[label] = {"rows": rows, "spread": {k: spread([r[k] for r in rows]) for k in keys}}
+
+    lines = ["| model | unperturbed | one-ulp bias draws | spread of all (mean, sd, min - max) |", "|---|---|---|---|"]
+    for label, result in results.items():
+        for key, digits in (("fidelity", 3), ("map50_95", 4)):
+            if key not in result["spread"]:
+                continue
+            rows, s = result["rows"], result["spread"][key]
+            draws = ", ".join(f"{r[key]:.{digits}f}" for r in rows[1:])
+            name = "fidelity" if key == "fidelity" else "COCO mAP50-95"
+            lines.append(f"| {label}: {name} | {rows[0][key]:.{digits}f} | {draws} | {s['mean']:.{digits}f}, "
+                         f"{s['stdev']:.{digits}f}, {s['min']:.{digits}f} - {s['max']:.{digits}f} |")
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps({"machine": where, "settings": vars(args),
+                                                        "models": results}, indent=1))
+    atomic_write_text(out / "table.md", text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
