@@ -60,6 +60,8 @@ def test_custom_classes_on_coco_warn_and_are_scored_by_fidelity(ppe_yolov5n_path
     fid = summary["fidelity"]
     assert set(fid) == {"int8", "int8_onnxruntime"}
     boxes = summary["data"]["fidelity_reference"]["num_boxes"]
+    few = warning_lines(proc.stderr, "reference boxes")   # helmets and vests are rare in 16 COCO images
+    assert 0 < boxes < 100 and len(few) == 1 and f"only {boxes} boxes" in few[0], proc.stderr[-3000:]
     for key in fid:
         assert 0 <= fid[key]["map50_95"] <= fid[key]["map50"] <= 1 and fid[key]["num_reference_boxes"] == boxes
         assert fid[key]["outputs"][0]["shape"] == [3 * (32 * 32 + 16 * 16 + 8 * 8), 7]  # 2 classes: 5 + 2
@@ -130,6 +132,22 @@ def test_calibration_inputs_out_of_range_and_dead_ranges_are_warned(unlabelled):
     dead = [t for t in texts if "calibrated activation range (amax) is 0" in t]
     assert dead and all(t.split(":")[0].endswith("input_quantizer") for t in dead), texts
     assert all(t in prep.summary["warnings"] for t in dead)
+
+
+def test_too_few_reference_boxes_for_a_fine_figure_are_warned(yolov5n_path, coco128_dir):
+    """Under 100 float detections one figure moves by hundredths with the last bit of the biases (BENCHMARKS §8l)."""
+    def boxes_and_warnings(num_eval: int) -> tuple:
+        settings = PTQSettings(model=str(yolov5n_path), repo=str(YOLOV5_REPO_FIXTURE), imgsz=320, batch=8,
+                               data=str(coco128_dir / "coco128.yaml"), num_eval=num_eval)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            prep = prepare(settings, progress=False, log=lambda *_: None)
+        return prep.reference.num_boxes, [str(w.message) for w in record if "reference boxes" in str(w.message)]
+
+    boxes, few = boxes_and_warnings(8)
+    assert 10 <= boxes < 100 and len(few) == 1 and f"only {boxes} boxes" in few[0] and "§8l" in few[0], few
+    boxes, few = boxes_and_warnings(40)
+    assert boxes >= 100 and not few, few
 
 
 def test_a_model_with_random_weights_is_warned_and_noted_in_the_table(unlabelled):
