@@ -8,7 +8,8 @@ measurement's own resolution for one model: differences between single figures b
 
 Reference protocol (calibrate on 128 coco128 train images, mse, `--grid`, `--rules`; 128 val images at 640). Scores
 the float model, the calibrated INT8 model (fake quant) and, with `--distill`, the same after `fine_tune`'s default
-distillation (seed 0): each unperturbed and in `--draws` perturbed copies, fidelity and COCO mAP from one pass.
+distillation (seed 0): each unperturbed and in `--draws` perturbed copies, fidelity and COCO mAP from one pass;
+with `--ort` each INT8 copy also exported as Q/DQ ONNX and scored in ONNX Runtime.
 Writes results.json and a markdown table.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import copy
 import json
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -36,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grid", choices=["symmetric", "shifted"], default="shifted")
     p.add_argument("--draws", type=int, default=5, help="perturbed copies scored per model")
     p.add_argument("--distill", action="store_true", help="also score the model after the default distillation")
+    p.add_argument("--ort", action="store_true", help="also score each INT8 model and draw exported as Q/DQ ONNX, in "
+                   "ONNX Runtime (the runtime of the issue-21 goals)")
     p.add_argument("--out", default="runs/fidelity_resolution")
     args = p.parse_args(argv)
     if args.draws < 2:
@@ -74,7 +78,9 @@ def main(argv=None) -> int:
     from qdqtorch.data import Preprocess, calibration_loader
     from qdqtorch.eval import EvalSet, evaluate
     from qdqtorch.eval.fidelity import candidate_tap, fidelity, float_reference, score_tap
-    from qdqtorch.models import load_model
+    from qdqtorch.export import export_onnx
+    from qdqtorch.export.runtime import OnnxRuntimeModule
+    from qdqtorch.models import PredictionOnly, load_model
     from qdqtorch.qat import fine_tune
     from qdqtorch.rules import apply_placement, placement_from_name
 
@@ -91,6 +97,16 @@ def main(argv=None) -> int:
         coco = evaluate(candidate, eval_set, layout=loaded.layout, select=tap, progress=False)
         return {"fidelity": score_tap(tap, reference).map50_95, "map50_95": coco.map50_95}
 
+    sample = next(eval_set.batches(1))[1]
+
+    def score_both(candidate: torch.nn.Module, quantized: bool) -> dict:
+        row = score(candidate)
+        if args.ort and quantized:
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx_path = export_onnx(PredictionOnly(candidate, loaded.layout), sample, Path(tmp) / "m.onnx")
+                row.update({f"{k}_ort": v for k, v in score(OnnxRuntimeModule(onnx_path)).items()})
+        return row
+
     quantized = copy.deepcopy(loaded.model)
     quantize_model(quantized, QuantConfig(ignore=list(loaded.default_ignore)))
     apply_placement(quantized, placement_from_name(args.rules), next(eval_set.batches(1))[1])
@@ -105,24 +121,25 @@ def main(argv=None) -> int:
     results = {}
     for label, model in models.items():
         model.eval()
-        rows = [{"draw": 0, **score(model)}]
+        rows = [{"draw": 0, **score_both(model, label != "float")}]
         print({"model": label, **rows[-1]}, flush=True)
         for draw in range(1, args.draws + 1):
             copy_ = copy.deepcopy(model)
             moved = perturb_biases(copy_, seed=draw)
-            rows.append({"draw": draw, **score(copy_)})
+            rows.append({"draw": draw, **score_both(copy_, label != "float")})
             print({"model": label, "biases_moved": moved, **rows[-1]}, flush=True)
         keys = [k for k in rows[0] if k != "draw"]
         results[label] = {"rows": rows, "spread": {k: spread([r[k] for r in rows]) for k in keys}}
 
     lines = ["| model | unperturbed | one-ulp bias draws | spread of all (mean, sd, min - max) |", "|---|---|---|---|"]
     for label, result in results.items():
-        for key, digits in (("fidelity", 3), ("map50_95", 4)):
+        for key, digits in (("fidelity", 3), ("map50_95", 4), ("fidelity_ort", 3), ("map50_95_ort", 4)):
             if key not in result["spread"]:
                 continue
             rows, s = result["rows"], result["spread"][key]
             draws = ", ".join(f"{r[key]:.{digits}f}" for r in rows[1:])
-            name = "fidelity" if key == "fidelity" else "COCO mAP50-95"
+            name = ("fidelity" if key.startswith("fidelity") else "COCO mAP50-95") + \
+                (" ONNX Runtime" if key.endswith("_ort") else "")
             lines.append(f"| {label}: {name} | {rows[0][key]:.{digits}f} | {draws} | {s['mean']:.{digits}f}, "
                          f"{s['stdev']:.{digits}f}, {s['min']:.{digits}f} - {s['max']:.{digits}f} |")
     text = "\n".join(lines)
