@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -38,3 +41,68 @@ def machine(device: str = "cpu") -> str:
     if hasattr(os, "getloadavg"):
         text += f", load average at start {os.getloadavg()[0]:.1f}"
     return text
+
+
+def add_int8_args(p: argparse.ArgumentParser) -> None:
+    """The INT8 setting the issue-21 benchmarks share (placement rules, activation grid) and which checkpoints are
+    also scored against labels."""
+    p.add_argument("--labelled", nargs="*", default=["yolov5n.pt"], help="model file names scored against labels "
+                   "too (others, such as the PPE checkpoint, by fidelity alone)")
+    p.add_argument("--rules", default="tensorrt")
+    p.add_argument("--grid", choices=["symmetric", "shifted"], default="shifted")
+
+
+def fidelity_scorer(reference, eval_set, layout: str, labelled: bool):
+    """A function model -> {"fidelity"} or, when `labelled`, {"fidelity", "map50_95"} from one inference pass."""
+    from qdqtorch.eval import evaluate
+    from qdqtorch.eval.fidelity import candidate_tap, fidelity, score_tap
+
+    def score(candidate) -> dict:
+        if not labelled:
+            return {"fidelity": fidelity(candidate, reference, outputs=False).map50_95}
+        tap = candidate_tap(reference, outputs=False)
+        coco = evaluate(candidate, eval_set, layout=layout, select=tap, progress=False)
+        return {"fidelity": score_tap(tap, reference).map50_95, "map50_95": coco.map50_95}
+    return score
+
+
+@dataclass
+class Int8Setup:
+    """A checkpoint, its float reference on the val images and a calibrated INT8 copy (`add_int8_args` settings)."""
+
+    loaded: Any            # qdqtorch.models.LoadedModel: the float model stays untouched
+    preprocess: Any
+    eval_set: Any
+    reference: Any         # FidelityReference: the float model's detections on eval_set
+    model: Any             # the INT8 copy, calibrated (mse)
+    labelled: bool         # scored against labels too (`--labelled`)
+    score: Callable[[Any], dict]   # fidelity_scorer for these images
+
+    def calibration_loader(self, args: argparse.Namespace):
+        """The calibration images (the first --num-calib of the yaml's train split), batches of 16."""
+        from qdqtorch.data import calibration_loader
+        return calibration_loader(args.data, self.preprocess, batch_size=16, num_images=args.num_calib)
+
+
+def int8_setup(args: argparse.Namespace) -> Int8Setup:
+    """Load `--model`, score its float detections on the val images, and quantize, place (`--rules`) and calibrate
+    (mse, `--grid`) a copy: the reference protocol's starting point for the issue-21 benchmarks."""
+    from qdqtorch import QuantConfig, calibrate, quantize_model
+    from qdqtorch.data import Preprocess
+    from qdqtorch.eval import EvalSet
+    from qdqtorch.eval.fidelity import float_reference
+    from qdqtorch.models import load_model
+    from qdqtorch.rules import apply_placement, placement_from_name
+
+    loaded = load_model(args.model, repo=args.repo)
+    pp = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
+    eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval, progress=False)
+    reference = float_reference(loaded.model, eval_set, layout=loaded.layout, output_images=0)
+    model = copy.deepcopy(loaded.model)
+    quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
+    apply_placement(model, placement_from_name(args.rules), next(eval_set.batches(1))[1])
+    labelled = Path(args.model).name in args.labelled
+    setup = Int8Setup(loaded, pp, eval_set, reference, model, labelled,
+                      fidelity_scorer(reference, eval_set, loaded.layout, labelled))
+    calibrate(model, setup.calibration_loader(args), method="mse", grid=args.grid, progress=False)
+    return setup

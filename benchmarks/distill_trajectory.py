@@ -25,17 +25,14 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import add_protocol_args, machine  # noqa: E402
+from _common import add_int8_args, add_protocol_args, int8_setup, machine  # noqa: E402
 from _weight_flips import WeightFlips  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_protocol_args(p)
-    p.add_argument("--labelled", nargs="*", default=["yolov5n.pt"], help="model file names scored against labels "
-                   "(others, such as the PPE checkpoint, by fidelity alone)")
-    p.add_argument("--rules", default="tensorrt")
-    p.add_argument("--grid", choices=["symmetric", "shifted"], default="shifted")
+    add_int8_args(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--learn-amax", action="store_true", help="learn every quantizer's amax too (fine_tune)")
@@ -61,38 +58,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from qdqtorch import QuantConfig, calibrate, quantize_model
-    from qdqtorch.data import Preprocess, calibration_loader
-    from qdqtorch.eval import EvalSet, evaluate
-    from qdqtorch.eval.fidelity import candidate_tap, fidelity, float_reference, score_tap
-    from qdqtorch.models import load_model
+    from qdqtorch.eval import EvalSet
+    from qdqtorch.eval.fidelity import fidelity, float_reference
     from qdqtorch.qat import fine_tune
-    from qdqtorch.rules import apply_placement, placement_from_name
 
-    loaded = load_model(args.model, repo=args.repo)
-    pp = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
-    eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval, progress=False)
-    reference = float_reference(loaded.model, eval_set, layout=loaded.layout, output_images=0)
-    model = copy.deepcopy(loaded.model)
-    quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
-    apply_placement(model, placement_from_name(args.rules), next(eval_set.batches(1))[1])
-    calibrate(model, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib), method="mse",
-              grid=args.grid, progress=False)
-
-    labelled = Path(args.model).name in args.labelled
+    setup = int8_setup(args)
+    loaded, model = setup.loaded, setup.model
     calib_reference = None
     if args.calib_fidelity:   # calibration_loader's images: the first num_calib of the yaml's train split
-        calib_set = EvalSet.from_yaml(args.data, "train", pp, num_images=args.num_calib, progress=False)
+        calib_set = EvalSet.from_yaml(args.data, "train", setup.preprocess, num_images=args.num_calib,
+                                      progress=False)
         calib_reference = float_reference(loaded.model, calib_set, layout=loaded.layout, output_images=0)
 
     def score(candidate) -> dict:
         extra = ({} if calib_reference is None else
                  {"calib_fidelity": fidelity(candidate, calib_reference, outputs=False).map50_95})
-        if not labelled:
-            return {"fidelity": fidelity(candidate, reference, outputs=False).map50_95, **extra}
-        tap = candidate_tap(reference, outputs=False)
-        coco = evaluate(candidate, eval_set, layout=loaded.layout, select=tap, progress=False)
-        return {"fidelity": score_tap(tap, reference).map50_95, "map50_95": coco.map50_95, **extra}
+        return {**setup.score(candidate), **extra}
 
     start = score(model)
     print({"epoch": 0, **start}, flush=True)
@@ -110,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
             print({"seed": seed, **rows[-1]}, flush=True)
 
         with flips or contextlib.nullcontext():
-            report = fine_tune(student, calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib),
+            report = fine_tune(student, setup.calibration_loader(args),
                                num_images=args.num_calib, epochs=args.epochs, seed=seed, learn_amax=args.learn_amax,
                                lr=args.lr, block_weight=args.block_weight, on_epoch=after_epoch, progress=False)
         print(report, flush=True)

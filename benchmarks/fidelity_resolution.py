@@ -26,16 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import add_protocol_args, machine  # noqa: E402
+from _common import add_int8_args, add_protocol_args, int8_setup, machine  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_protocol_args(p)
-    p.add_argument("--labelled", nargs="*", default=["yolov5n.pt"], help="model file names scored against labels "
-                   "too (others, such as the PPE checkpoint, by fidelity alone)")
-    p.add_argument("--rules", default="tensorrt")
-    p.add_argument("--grid", choices=["symmetric", "shifted"], default="shifted")
+    add_int8_args(p)
     p.add_argument("--draws", type=int, default=5, help="perturbed copies scored per model")
     p.add_argument("--distill", action="store_true", help="also score the model after the default distillation")
     p.add_argument("--ort", action="store_true", help="also score each INT8 model and draw exported as Q/DQ ONNX, in "
@@ -73,31 +70,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     where = machine()
     print(where)
-    from qdqtorch import QuantConfig, calibrate, quantize_model
     from qdqtorch.atomic import atomic_write_text
-    from qdqtorch.data import Preprocess, calibration_loader
-    from qdqtorch.eval import EvalSet, evaluate
-    from qdqtorch.eval.fidelity import candidate_tap, fidelity, float_reference, score_tap
     from qdqtorch.export import export_onnx
     from qdqtorch.export.runtime import OnnxRuntimeModule
-    from qdqtorch.models import PredictionOnly, load_model
+    from qdqtorch.models import PredictionOnly
     from qdqtorch.qat import fine_tune
-    from qdqtorch.rules import apply_placement, placement_from_name
 
-    loaded = load_model(args.model, repo=args.repo)
-    pp = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
-    eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval, progress=False)
-    reference = float_reference(loaded.model, eval_set, layout=loaded.layout, output_images=0)
-    labelled = Path(args.model).name in args.labelled
-
-    def score(candidate: torch.nn.Module) -> dict:
-        if not labelled:
-            return {"fidelity": fidelity(candidate, reference, outputs=False).map50_95}
-        tap = candidate_tap(reference, outputs=False)
-        coco = evaluate(candidate, eval_set, layout=loaded.layout, select=tap, progress=False)
-        return {"fidelity": score_tap(tap, reference).map50_95, "map50_95": coco.map50_95}
-
-    sample = next(eval_set.batches(1))[1]
+    setup = int8_setup(args)
+    loaded, score = setup.loaded, setup.score
+    sample = next(setup.eval_set.batches(1))[1]
 
     def score_both(candidate: torch.nn.Module, quantized: bool) -> dict:
         row = score(candidate)
@@ -107,15 +88,11 @@ def main(argv=None) -> int:
                 row.update({f"{k}_ort": v for k, v in score(OnnxRuntimeModule(onnx_path)).items()})
         return row
 
-    quantized = copy.deepcopy(loaded.model)
-    quantize_model(quantized, QuantConfig(ignore=list(loaded.default_ignore)))
-    apply_placement(quantized, placement_from_name(args.rules), next(eval_set.batches(1))[1])
-    calib = calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib)
-    calibrate(quantized, calib, method="mse", grid=args.grid, progress=False)
-    models = {"float": loaded.model, f"INT8 {args.rules}, no recovery": quantized}
+    models = {"float": loaded.model, f"INT8 {args.rules}, no recovery": setup.model}
     if args.distill:
-        distilled = copy.deepcopy(quantized)
-        print(fine_tune(distilled, calib, num_images=args.num_calib, progress=False), flush=True)
+        distilled = copy.deepcopy(setup.model)
+        print(fine_tune(distilled, setup.calibration_loader(args), num_images=args.num_calib, progress=False),
+              flush=True)
         models[f"INT8 {args.rules}, distillation (default, seed 0)"] = distilled
 
     results = {}
