@@ -154,10 +154,10 @@ COMMANDS = [
                               "tensorrt-int8-residual --seeds 0 --epochs 10 --pull-to-grid 1 --out "
                               "runs/traj_pull1_res"),
     ("fidelity_resolution", "§8l", "OMP_NUM_THREADS=1 python benchmarks/fidelity_resolution.py --distill --draws 5 "
-                                   "--out runs/fidelity_resolution"),
+                                   "--ort --out runs/fidelity_resolution_ort"),
     ("fidelity_resolution_ppe", "§8l", "OMP_NUM_THREADS=1 python benchmarks/fidelity_resolution.py --model "
-                                       "../shared/models/ppe_yolov5n.pt --distill --draws 5 --out "
-                                       "runs/fidelity_resolution_ppe"),
+                                       "../shared/models/ppe_yolov5n.pt --distill --draws 5 --ort --out "
+                                       "runs/fidelity_resolution_ppe_ort"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
