@@ -8,8 +8,8 @@ measurement's own resolution for one model: differences between single figures b
 
 Reference protocol (calibrate on 128 coco128 train images, mse, `--grid`, `--rules`; 128 val images at 640). Scores
 the float model, the calibrated INT8 model (fake quant) and, with `--distill`, the same after `fine_tune`'s default
-distillation (seed 0): each unperturbed and in `--draws` perturbed copies, fidelity and COCO mAP from one pass;
-with `--ort` each INT8 copy also exported as Q/DQ ONNX and scored in ONNX Runtime.
+distillation (`--seed`, 0 by default): each unperturbed and in `--draws` perturbed copies, fidelity and COCO mAP
+from one pass; with `--ort` each INT8 copy also exported as Q/DQ ONNX and scored in ONNX Runtime.
 Writes results.json and a markdown table.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_int8_args(p)
     p.add_argument("--draws", type=int, default=5, help="perturbed copies scored per model")
     p.add_argument("--distill", action="store_true", help="also score the model after the default distillation")
+    p.add_argument("--seed", type=int, default=0, help="the distillation's shuffling seed (fine_tune(seed=))")
     p.add_argument("--ort", action="store_true", help="also score each INT8 model and draw exported as Q/DQ ONNX, in "
                    "ONNX Runtime (the runtime of the issue-21 goals)")
     p.add_argument("--out", default="runs/fidelity_resolution")
@@ -91,9 +92,9 @@ def main(argv=None) -> int:
     models = {"float": loaded.model, f"INT8 {args.rules}, no recovery": setup.model}
     if args.distill:
         distilled = copy.deepcopy(setup.model)
-        print(fine_tune(distilled, setup.calibration_loader(args), num_images=args.num_calib, progress=False),
-              flush=True)
-        models[f"INT8 {args.rules}, distillation (default, seed 0)"] = distilled
+        print(fine_tune(distilled, setup.calibration_loader(args), num_images=args.num_calib, seed=args.seed,
+                        progress=False), flush=True)
+        models[f"INT8 {args.rules}, distillation (default, seed {args.seed})"] = distilled
 
     results = {}
     for label, model in models.items():
