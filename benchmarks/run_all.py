@@ -164,6 +164,9 @@ COMMANDS = [
     ("fidelity_resolution_ppe_res", "§8l", "OMP_NUM_THREADS=1 python benchmarks/fidelity_resolution.py --model "
                                            "../shared/models/ppe_yolov5n.pt --rules tensorrt-int8-residual --distill "
                                            "--draws 5 --ort --out runs/fidelity_resolution_ppe_res_ort"),
+    ("fidelity_resolution_res_seed2", "§8l", "OMP_NUM_THREADS=1 python benchmarks/fidelity_resolution.py --rules "
+                                             "tensorrt-int8-residual --distill --seed 2 --draws 5 --ort --out "
+                                             "runs/fidelity_resolution_res_seed2_ort"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
