@@ -5,6 +5,7 @@ import argparse
 import copy
 import os
 import platform
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -74,21 +75,17 @@ class Int8Setup:
     preprocess: Any
     eval_set: Any
     reference: Any         # FidelityReference: the float model's detections on eval_set
+    sample: Any            # one val image batch (placement tracing, ONNX export)
+    calib: Any             # the calibration images (the first --num-calib of the yaml's train split), batches of 16
     model: Any             # the INT8 copy, calibrated (mse)
-    labelled: bool         # scored against labels too (`--labelled`)
-    score: Callable[[Any], dict]   # fidelity_scorer for these images
-
-    def calibration_loader(self, args: argparse.Namespace):
-        """The calibration images (the first --num-calib of the yaml's train split), batches of 16."""
-        from qdqtorch.data import calibration_loader
-        return calibration_loader(args.data, self.preprocess, batch_size=16, num_images=args.num_calib)
+    score: Callable[[Any], dict]   # fidelity_scorer for these images and --labelled
 
 
 def int8_setup(args: argparse.Namespace) -> Int8Setup:
     """Load `--model`, score its float detections on the val images, and quantize, place (`--rules`) and calibrate
     (mse, `--grid`) a copy: the reference protocol's starting point for the issue-21 benchmarks."""
     from qdqtorch import QuantConfig, calibrate, quantize_model
-    from qdqtorch.data import Preprocess
+    from qdqtorch.data import Preprocess, calibration_loader
     from qdqtorch.eval import EvalSet
     from qdqtorch.eval.fidelity import float_reference
     from qdqtorch.models import load_model
@@ -98,11 +95,18 @@ def int8_setup(args: argparse.Namespace) -> Int8Setup:
     pp = Preprocess(imgsz=args.imgsz, stride=loaded.stride)
     eval_set = EvalSet.from_yaml(args.data, "val", pp, num_images=args.num_eval, progress=False)
     reference = float_reference(loaded.model, eval_set, layout=loaded.layout, output_images=0)
+    sample = next(eval_set.batches(1))[1]
+    calib = calibration_loader(args.data, pp, batch_size=16, num_images=args.num_calib)
     model = copy.deepcopy(loaded.model)
     quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
-    apply_placement(model, placement_from_name(args.rules), next(eval_set.batches(1))[1])
+    apply_placement(model, placement_from_name(args.rules), sample)
+    calibrate(model, calib, method="mse", grid=args.grid, progress=False)
     labelled = Path(args.model).name in args.labelled
-    setup = Int8Setup(loaded, pp, eval_set, reference, model, labelled,
-                      fidelity_scorer(reference, eval_set, loaded.layout, labelled))
-    calibrate(model, setup.calibration_loader(args), method="mse", grid=args.grid, progress=False)
-    return setup
+    return Int8Setup(loaded, pp, eval_set, reference, sample, calib, model,
+                     fidelity_scorer(reference, eval_set, loaded.layout, labelled))
+
+
+def spread(values: list) -> dict:
+    """Mean, standard deviation (0 for one value), min, max and count of a list of figures."""
+    return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}

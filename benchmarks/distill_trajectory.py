@@ -18,14 +18,13 @@ import contextlib
 import copy
 import io
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import add_int8_args, add_protocol_args, int8_setup, machine  # noqa: E402
+from _common import add_int8_args, add_protocol_args, int8_setup, machine, spread  # noqa: E402
 from _weight_flips import WeightFlips  # noqa: E402
 
 
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
     setup = int8_setup(args)
     loaded, model = setup.loaded, setup.model
     calib_reference = None
-    if args.calib_fidelity:   # calibration_loader's images: the first num_calib of the yaml's train split
+    if args.calib_fidelity:   # setup.calib's images: the first num_calib of the yaml's train split
         calib_set = EvalSet.from_yaml(args.data, "train", setup.preprocess, num_images=args.num_calib,
                                       progress=False)
         calib_reference = float_reference(loaded.model, calib_set, layout=loaded.layout, output_images=0)
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
             print({"seed": seed, **rows[-1]}, flush=True)
 
         with flips or contextlib.nullcontext():
-            report = fine_tune(student, setup.calibration_loader(args),
+            report = fine_tune(student, setup.calib,
                                num_images=args.num_calib, epochs=args.epochs, seed=seed, learn_amax=args.learn_amax,
                                lr=args.lr, block_weight=args.block_weight, on_epoch=after_epoch, progress=False)
         print(report, flush=True)
@@ -103,12 +102,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def summary(runs: dict, settled: int, key: str = "fidelity") -> dict:
     """Per seed and over all seeds: mean, standard deviation, min and max of `key` from epoch `settled` on."""
-    def stats(values: list) -> dict:
-        return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "min": min(values), "max": max(values), "n": len(values)}
-    per_seed = {seed: stats([r[key] for r in run["rows"] if r["epoch"] >= settled]) for seed, run in runs.items()}
+    per_seed = {seed: spread([r[key] for r in run["rows"] if r["epoch"] >= settled]) for seed, run in runs.items()}
     pooled = [r[key] for run in runs.values() for r in run["rows"] if r["epoch"] >= settled]
-    return {"per_seed": per_seed, "all": stats(pooled)}
+    return {"per_seed": per_seed, "all": spread(pooled)}
 
 
 def table(runs: dict) -> str:

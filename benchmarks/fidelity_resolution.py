@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import add_int8_args, add_protocol_args, int8_setup, machine  # noqa: E402
+from _common import add_int8_args, add_protocol_args, int8_setup, machine, spread  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,10 +60,20 @@ def perturb_biases(model: torch.nn.Module, seed: int) -> int:
     return moved
 
 
-def spread(values: list) -> dict:
-    """Mean, standard deviation and range of a list of figures."""
-    return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values), "min": min(values),
-            "max": max(values), "n": len(values)}
+def table(results: dict) -> str:
+    """Markdown: per model and figure, the unperturbed value, the draws and their spread."""
+    lines = ["| model | unperturbed | one-ulp bias draws | spread of all (mean, sd, min - max) |", "|---|---|---|---|"]
+    for label, result in results.items():
+        for key, digits in (("fidelity", 3), ("map50_95", 4), ("fidelity_ort", 3), ("map50_95_ort", 4)):
+            if key not in result["spread"]:
+                continue
+            rows, s = result["rows"], result["spread"][key]
+            draws = ", ".join(f"{r[key]:.{digits}f}" for r in rows[1:])
+            name = ("fidelity" if key.startswith("fidelity") else "COCO mAP50-95") + \
+                (" ONNX Runtime" if key.endswith("_ort") else "")
+            lines.append(f"| {label}: {name} | {rows[0][key]:.{digits}f} | {draws} | {s['mean']:.{digits}f}, "
+                         f"{s['stdev']:.{digits}f}, {s['min']:.{digits}f} - {s['max']:.{digits}f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -79,20 +88,19 @@ def main(argv=None) -> int:
 
     setup = int8_setup(args)
     loaded, score = setup.loaded, setup.score
-    sample = next(setup.eval_set.batches(1))[1]
 
     def score_both(candidate: torch.nn.Module, quantized: bool) -> dict:
         row = score(candidate)
         if args.ort and quantized:
             with tempfile.TemporaryDirectory() as tmp:
-                onnx_path = export_onnx(PredictionOnly(candidate, loaded.layout), sample, Path(tmp) / "m.onnx")
+                onnx_path = export_onnx(PredictionOnly(candidate, loaded.layout), setup.sample, Path(tmp) / "m.onnx")
                 row.update({f"{k}_ort": v for k, v in score(OnnxRuntimeModule(onnx_path)).items()})
         return row
 
     models = {"float": loaded.model, f"INT8 {args.rules}, no recovery": setup.model}
     if args.distill:
         distilled = copy.deepcopy(setup.model)
-        print(fine_tune(distilled, setup.calibration_loader(args), num_images=args.num_calib, seed=args.seed,
+        print(fine_tune(distilled, setup.calib, num_images=args.num_calib, seed=args.seed,
                         progress=False), flush=True)
         models[f"INT8 {args.rules}, distillation (default, seed {args.seed})"] = distilled
 
@@ -109,18 +117,7 @@ def main(argv=None) -> int:
         keys = [k for k in rows[0] if k != "draw"]
         results[label] = {"rows": rows, "spread": {k: spread([r[k] for r in rows]) for k in keys}}
 
-    lines = ["| model | unperturbed | one-ulp bias draws | spread of all (mean, sd, min - max) |", "|---|---|---|---|"]
-    for label, result in results.items():
-        for key, digits in (("fidelity", 3), ("map50_95", 4), ("fidelity_ort", 3), ("map50_95_ort", 4)):
-            if key not in result["spread"]:
-                continue
-            rows, s = result["rows"], result["spread"][key]
-            draws = ", ".join(f"{r[key]:.{digits}f}" for r in rows[1:])
-            name = ("fidelity" if key.startswith("fidelity") else "COCO mAP50-95") + \
-                (" ONNX Runtime" if key.endswith("_ort") else "")
-            lines.append(f"| {label}: {name} | {rows[0][key]:.{digits}f} | {draws} | {s['mean']:.{digits}f}, "
-                         f"{s['stdev']:.{digits}f}, {s['min']:.{digits}f} - {s['max']:.{digits}f} |")
-    text = "\n".join(lines)
+    text = table(results)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
