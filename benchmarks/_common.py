@@ -5,7 +5,6 @@ import argparse
 import copy
 import os
 import platform
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -104,9 +103,3 @@ def int8_setup(args: argparse.Namespace) -> Int8Setup:
     labelled = Path(args.model).name in args.labelled
     return Int8Setup(loaded, pp, eval_set, reference, sample, calib, model,
                      fidelity_scorer(reference, eval_set, loaded.layout, labelled))
-
-
-def spread(values: list) -> dict:
-    """Mean, standard deviation (0 for one value), min, max and count of a list of figures."""
-    return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}

@@ -25,7 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import add_int8_args, add_protocol_args, int8_setup, machine, spread  # noqa: E402
+from _common import add_int8_args, add_protocol_args, int8_setup, machine  # noqa: E402
+
+from qdqtorch.eval.jitter import jitter  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,34 +46,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-@torch.no_grad()
-def perturb_biases(model: torch.nn.Module, seed: int) -> int:
-    """Move every bias parameter of `model` by one float32 ulp up or down (random, seeded) in place; returns how many
-    values moved."""
-    generator = torch.Generator().manual_seed(seed)
-    moved = 0
-    for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1] != "bias" or not p.is_floating_point():
-            continue
-        up = torch.rand(p.shape, generator=generator) < 0.5
-        target = torch.where(up, torch.full_like(p, float("inf")), torch.full_like(p, float("-inf")))
-        p.copy_(torch.nextafter(p, target))
-        moved += p.numel()
-    return moved
-
-
 def table(results: dict) -> str:
     """Markdown: per model and figure, the unperturbed value, the draws and their spread."""
     lines = ["| model | unperturbed | one-ulp bias draws | spread of all (mean, sd, min - max) |", "|---|---|---|---|"]
-    for label, result in results.items():
+    for label, figures in results.items():
         for key, digits in (("fidelity", 3), ("map50_95", 4), ("fidelity_ort", 3), ("map50_95_ort", 4)):
-            if key not in result["spread"]:
+            if key not in figures:
                 continue
-            rows, s = result["rows"], result["spread"][key]
-            draws = ", ".join(f"{r[key]:.{digits}f}" for r in rows[1:])
+            values, s = figures[key]["values"], figures[key]
+            draws = ", ".join(f"{v:.{digits}f}" for v in values[1:])
             name = ("fidelity" if key.startswith("fidelity") else "COCO mAP50-95") + \
                 (" ONNX Runtime" if key.endswith("_ort") else "")
-            lines.append(f"| {label}: {name} | {rows[0][key]:.{digits}f} | {draws} | {s['mean']:.{digits}f}, "
+            lines.append(f"| {label}: {name} | {values[0]:.{digits}f} | {draws} | {s['mean']:.{digits}f}, "
                          f"{s['stdev']:.{digits}f}, {s['min']:.{digits}f} - {s['max']:.{digits}f} |")
     return "\n".join(lines)
 
@@ -107,21 +93,17 @@ def main(argv=None) -> int:
     results = {}
     for label, model in models.items():
         model.eval()
-        rows = [{"draw": 0, **score_both(model, label != "float")}]
-        print({"model": label, **rows[-1]}, flush=True)
-        for draw in range(1, args.draws + 1):
-            copy_ = copy.deepcopy(model)
-            moved = perturb_biases(copy_, seed=draw)
-            rows.append({"draw": draw, **score_both(copy_, label != "float")})
-            print({"model": label, "biases_moved": moved, **rows[-1]}, flush=True)
-        keys = [k for k in rows[0] if k != "draw"]
-        results[label] = {"rows": rows, "spread": {k: spread([r[k] for r in rows]) for k in keys}}
+        quantized = label != "float"
+        found = jitter(model, lambda m, q=quantized: score_both(m, q), args.draws, progress=True)
+        print(label, found, flush=True)
+        results[label] = found.to_dict()["figures"]
 
     text = table(results)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps({"machine": where, "settings": vars(args),
+                                                        "perturbation": "every bias one float32 ulp, seeds 1..draws",
                                                         "models": results}, indent=1))
     atomic_write_text(out / "table.md", text + "\n")
     return 0

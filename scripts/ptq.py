@@ -113,6 +113,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", default=S,
                    help="exit non-zero when the Q/DQ checker finds errors in the export")
     p.add_argument("--ort-eval", action="store_true", default=S, help="also score the ONNX in ONNX Runtime")
+    p.add_argument("--jitter-draws", type=int, default=S, metavar="N",
+                   help="rescore the INT8 model in N copies whose biases moved by one float32 ulp (the difference "
+                        "between runtimes' kernels), in fake quant and with --ort-eval in ONNX Runtime, and report "
+                        "the spread of its fidelity and mAP: how finely this run's figures resolve this model "
+                        "(YOLOv5n on 128 images: sd 0.004; on 35 boxes up to 0.025; BENCHMARKS.md §8l). Costs N more "
+                        "evaluations per runtime (default 0: off)")
     p.add_argument("--skip-float-eval", action="store_true", default=S, help="skip the float baseline")
     p.add_argument("--allow-empty", action="store_true", default=S,
                    help="go on when the float model detects nothing on the evaluation images (an error otherwise: "

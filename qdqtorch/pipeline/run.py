@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 from ..errors import UsageError
 from ..host_memory import reuse_freed_memory
-from ..ptq import PTQSettings, calibrate, evaluate, export, prepare, recover, report
+from ..ptq import PTQSettings, calibrate, evaluate, export, measure_jitter, prepare, recover, report
 from ..ptq.checks import check_settings, stale_outputs
 from ..quantize import save_calibration
 
@@ -46,11 +46,13 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     save_calibration(prep.model, out / "calibration.json")
     report(prep, out)  # what is done so far survives a later failure
     evaluate(prep, "int8", progress=progress, log=log)
+    measure_jitter(prep, progress=progress, log=log)
     if settings.export:
         onnx_path = export(prep, out)
         if settings.ort_eval:
             from ..export.runtime import OnnxRuntimeModule
             evaluate(prep, "int8_onnxruntime", OnnxRuntimeModule(onnx_path), progress=progress, log=log)
+            measure_jitter(prep, "int8_onnxruntime", progress=progress, log=log)
     return PTQResult(report(prep, out), out, prep.model)
 
 

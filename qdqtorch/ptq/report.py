@@ -67,6 +67,14 @@ def table(summary: Dict[str, Any]) -> str:
             cells += ["1 (reference)"] * 2 if label == ROWS[0][1] else [_fmt(f), _fmt(f50)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
+    for runtime, label in ROWS[1:]:
+        figures = summary.get("jitter", {}).get(runtime, {}).get("figures", {})
+        for key, name in (("fidelity", "fidelity mAP50-95"), ("map50_95", "mAP50-95")):
+            if key in figures:
+                j = figures[key]
+                notes.append(f"{name} of {label} with every bias moved by one float32 ulp ({j['n'] - 1} draws and "
+                             f"the model itself): mean {j['mean']:.4f}, sd {j['stdev']:.4f}, "
+                             f"{j['min']:.4f}-{j['max']:.4f}; gaps of this model's figure below about 2 sd are ties")
     for key, label in ROWS[1:]:
         outputs = summary.get("fidelity", {}).get(key, {}).get("outputs")
         if outputs:
@@ -109,13 +117,18 @@ SUMMARY_FIELDS = {
                 "int8 (fake quant) and int8_onnxruntime (with --ort-eval), each with map50_95, map50 (1.0 = the "
                 "float model's detections exactly), the reference box count, and outputs: SNR (dB) and cosine of "
                 "every output tensor against float on the first images (the whole-network error)",
+    "jitter": "with --jitter-draws N, per runtime (int8: fake quant; int8_onnxruntime: each copy exported and run "
+              "in ONNX Runtime, with --ort-eval): the INT8 figures (fidelity, and map50_95 when scored against "
+              "labels) of the model itself and of N copies whose every bias moved by one float32 ulp (seeds 1..N), "
+              "with their mean, stdev, min and max: the grain below which two figures of this model say nothing",
     "recovery": "label-free recovery after calibration (--recover): method, images, seconds, skipped layers; "
                 "ranges: activation amax refinement (output error before/after, steps, seconds); distill: epochs, "
                 "steps, distillation loss before/after, epoch_losses, kept (false: the calibrated model was put "
                 "back)",
     "timings": "seconds per stage: load, eval_set, float_eval (the float pass: COCO mAP and the fidelity reference) "
-               "or float_reference (no labels), calibrate, recover, int8_eval, export, ort_eval (each evaluation: "
-               "COCO mAP and fidelity from one pass)",
+               "or float_reference (no labels), calibrate, recover, int8_eval, export, ort_eval (each "
+               "evaluation: COCO mAP and fidelity from one pass), int8_eval_jitter and ort_eval_jitter (all the "
+               "draws of --jitter-draws)",
     "fields": "this explanation of the keys",
 }
 

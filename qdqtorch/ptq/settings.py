@@ -74,6 +74,7 @@ class PTQSettings:
                                               # "dynamic-batch" (symbolic batch, fixed imgsz: TensorRT profiles)
     check: bool = False                       # fail on Q/DQ checker errors
     ort_eval: bool = False                    # score the exported ONNX with ONNX Runtime too
+    jitter_draws: int = 0                     # rescore INT8 in this many one-ulp bias copies: the figures' grain
     skip_float_eval: bool = False
     allow_empty: bool = False                 # go on when the float model detects nothing on the evaluation images
     conf_thres: float = 0.001
@@ -103,6 +104,8 @@ class PTQSettings:
         for name in ("num_calib", "batch", "imgsz", "recover_images", "recover_epochs"):
             if getattr(self, name) is not None and int(getattr(self, name)) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if int(self.jitter_draws) < 0:
+            raise UsageError(f"jitter_draws must be 0 (off) or a number of draws, got {self.jitter_draws!r}")
         if self.bias_correction and self.recover in (None, "ranges", "distill"):
             raise UsageError(f"bias_correction works with a weight recovery (adaround, gptq, nearest), not with "
                              f"recover={self.recover!r}")

@@ -187,7 +187,8 @@ def take_reference(prep: Prepared, *, outputs: int = 8, evaluate_float: bool = F
         prep.warn(f"the float model detects only {prep.reference.num_boxes} boxes on the {len(es)} evaluation "
                   f"images of {s.data}: fidelity rests on so few reference boxes that it can only tell large "
                   f"changes (on 35 boxes one model's figure moves by up to 0.025 when its biases change in the last "
-                  f"bit, BENCHMARKS.md §8l); evaluate on more images, or on images of the model's own domain")
+                  f"bit, BENCHMARKS.md §8l); evaluate on more images, or on images of the model's own domain; "
+                  f"--jitter-draws 5 measures this run's grain")
     if prep.reference.num_boxes == 0:
         prep.warn(f"the float model detects nothing on the {len(es)} evaluation images of {s.data} "
                   f"(--allow-empty): fidelity cannot be scored and mAP is meaningless; check the model, the images "
@@ -382,6 +383,27 @@ def eval_kwargs(prep: Prepared, progress: bool = True) -> Dict[str, Any]:
                 batch_size=s.batch, scorer=s.scorer, progress=progress)
 
 
+def _score(prep: Prepared, key: str, model: nn.Module, progress: bool) -> Tuple[Any, Any]:
+    """One inference pass of `model` over the cached evaluation images: (EvalResult or None, FidelityResult or
+    None). COCO mAP when the labels mean something; fidelity for a quantized model (`key` not float) when the float
+    reference has boxes."""
+    from ..eval import evaluate as evaluate_model
+    from ..eval import predict
+    from ..eval.fidelity import candidate_tap, score_tap
+    ref = prep.reference
+    tap = candidate_tap(ref) if key != "float" and ref is not None and ref.num_boxes else None
+    result = fid = None
+    t0 = time.perf_counter()
+    if prep.labels_meaningful:
+        result = evaluate_model(model, prep.eval_set, select=tap, **eval_kwargs(prep, progress))
+    elif tap is not None:
+        predict(model, prep.eval_set, layout=ref.layout, conf_thres=tap.conf_thres, batch_size=prep.settings.batch,
+                select=tap, multi_label=False, progress=progress)
+    if tap is not None:
+        fid = score_tap(tap, ref, scorer=prep.settings.scorer, timings={"inference": time.perf_counter() - t0})
+    return result, fid
+
+
 def evaluate(prep: Prepared, key: str = "int8", model: Optional[nn.Module] = None, *, progress: bool = True,
              log=print):
     """Score `model` (default: the prepared model) on the cached evaluation images and record it as `key` (float,
@@ -389,47 +411,79 @@ def evaluate(prep: Prepared, key: str = "int8", model: Optional[nn.Module] = Non
     for a quantized model always its fidelity against the float reference (summary["fidelity"][key], with the
     SNR/cosine of every output tensor), both from one inference pass. Returns the EvalResult, or None when the run
     is scored by fidelity alone."""
-    from ..eval import evaluate as evaluate_model
-    from ..eval import predict
-    from ..eval.fidelity import candidate_tap, score_tap
     if prep.eval_set is None:
         raise UsageError("evaluate: prepare() was called with_eval_set=False")
     timing, label = EVALUATIONS[key]
-    model = prep.model if model is None else model
-    ref = prep.reference
-    tap = candidate_tap(ref) if key != "float" and ref is not None and ref.num_boxes else None
-    result = None
     t0 = time.perf_counter()
-    if prep.labels_meaningful:
-        result = evaluate_model(model, prep.eval_set, select=tap, **eval_kwargs(prep, progress))
+    result, fid = _score(prep, key, prep.model if model is None else model, progress)
+    if result is not None or fid is not None:
         prep.timings[timing] = time.perf_counter() - t0
+    if result is not None:
         prep.summary[key] = result.to_dict()
         log(f"{label}: {result}")
-    elif tap is not None:
-        predict(model, prep.eval_set, layout=ref.layout, conf_thres=tap.conf_thres, batch_size=prep.settings.batch,
-                select=tap, multi_label=False, progress=progress)
-    if tap is not None:
-        inference = time.perf_counter() - t0
-        fid = score_tap(tap, ref, scorer=prep.settings.scorer, timings={"inference": inference})
-        prep.timings[timing] = time.perf_counter() - t0
+    if fid is not None:
         prep.summary.setdefault("fidelity", {})[key] = fid.to_dict()
         log(f"{label}: {fid}")
     return result
 
 
-def export(prep: Prepared, out: Path) -> Path:
-    """Export the calibrated model as out/model.qdq.onnx and run the Q/DQ checker on it; returns the ONNX path."""
-    from ..export import check_qdq, export_onnx, onnx_opset
+def measure_jitter(prep: Prepared, key: str = "int8", *, progress: bool = True, log=print) -> Optional[Any]:
+    """Rescore the evaluated INT8 model in settings.jitter_draws copies whose biases moved by one float32 ulp
+    (`qdqtorch.eval.jitter`): in fake quant (`key` "int8"), or exported and run in ONNX Runtime ("int8_onnxruntime",
+    after `evaluate` of the export). The spread of its fidelity (and COCO mAP) is how finely this run's figures
+    resolve this model. Recorded as summary["jitter"][key]; returns the JitterResult, or None when no draws are asked
+    for."""
+    import tempfile
+    from ..eval.jitter import jitter
+    draws = prep.settings.jitter_draws
+    if not draws:
+        return None
+    measured = {"fidelity": prep.summary.get("fidelity", {}).get(key, {}).get("map50_95"),
+                "map50_95": prep.summary.get(key, {}).get("map50_95")}
+    unperturbed = {k: v for k, v in measured.items() if v is not None}
+    if not unperturbed:
+        raise UsageError(f"jitter_draws: evaluate(prep, {key!r}) first; the jitter rescores its figures")
+
+    def score(candidate: nn.Module) -> Dict[str, float]:
+        if key == "int8_onnxruntime":
+            from ..export.runtime import OnnxRuntimeModule
+            with tempfile.TemporaryDirectory() as tmp:
+                candidate = OnnxRuntimeModule(write_onnx(prep, Path(tmp) / "draw.onnx", candidate))
+                result, fid = _score(prep, key, candidate, progress=False)
+        else:
+            result, fid = _score(prep, key, candidate, progress=False)
+        return {k: v for k, v in (("fidelity", fid and fid.map50_95), ("map50_95", result and result.map50_95))
+                if k in unperturbed}
+
+    t0 = time.perf_counter()
+    found = jitter(prep.model, score, draws, unperturbed=unperturbed, progress=progress)
+    prep.timings[f"{EVALUATIONS[key][0]}_jitter"] = time.perf_counter() - t0
+    prep.summary.setdefault("jitter", {})[key] = found.to_dict()
+    log(f"{EVALUATIONS[key][1]}: {found}")
+    return found
+
+
+def write_onnx(prep: Prepared, path: Path, model: Optional[nn.Module] = None) -> Path:
+    """Export `model` (default: the prepared model) as the settings ask (opset, shape, Ultralytics metadata) to
+    `path`; returns it."""
+    from ..export import export_onnx
     from ..models import PredictionOnly, ultralytics_metadata
     loaded, s = prep.loaded, prep.settings
     if loaded is None or prep.sample is None:
         raise UsageError(f"--model {s.model}: the ONNX export needs a YOLO detector checkpoint and evaluation images")
-    onnx_path = Path(out) / "model.qdq.onnx"
-    t0 = time.perf_counter()
-    export_onnx(PredictionOnly(prep.model, loaded.layout), prep.sample[:1], onnx_path, opset=s.opset,
-                dynamic_batch=s.onnx_shape == "dynamic-batch",
+    export_onnx(PredictionOnly(prep.model if model is None else model, loaded.layout), prep.sample[:1], path,
+                opset=s.opset, dynamic_batch=s.onnx_shape == "dynamic-batch",
                 metadata=ultralytics_metadata(loaded, prep.preprocess.hw,
                                               f"qdqtorch {__version__} Q/DQ INT8 export of {s.model}"))
+    return path
+
+
+def export(prep: Prepared, out: Path) -> Path:
+    """Export the calibrated model as out/model.qdq.onnx and run the Q/DQ checker on it; returns the ONNX path."""
+    from ..export import check_qdq, onnx_opset
+    s = prep.settings
+    t0 = time.perf_counter()
+    onnx_path = write_onnx(prep, Path(out) / "model.qdq.onnx")
     prep.timings["export"] = time.perf_counter() - t0
     prep.summary["onnx"] = str(onnx_path)
     prep.summary["onnx_graph"] = {"shape": s.onnx_shape, "opset": onnx_opset(onnx_path)}
