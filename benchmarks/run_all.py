@@ -167,6 +167,12 @@ COMMANDS = [
     ("fidelity_resolution_res_seed2", "§8l", "OMP_NUM_THREADS=1 python benchmarks/fidelity_resolution.py --rules "
                                              "tensorrt-int8-residual --distill --seed 2 --draws 5 --ort --out "
                                              "runs/fidelity_resolution_res_seed2_ort"),
+    ("ptq_jitter", "§8l", "OMP_NUM_THREADS=1 python scripts/ptq.py --model ../shared/models/yolov5n.pt --repo "
+                          "tests/fixtures/yolov5_repo --data ../shared/data/coco128/coco128.yaml --grid shifted "
+                          "--jitter-draws 5 --ort-eval --out runs/jitter_yolov5n"),
+    ("ptq_jitter_ppe", "§8l", "OMP_NUM_THREADS=1 python scripts/ptq.py --model ../shared/models/ppe_yolov5n.pt "
+                              "--repo tests/fixtures/yolov5_repo --data ../shared/data/coco128/coco128.yaml --grid "
+                              "shifted --jitter-draws 5 --ort-eval --out runs/jitter_ppe_yolov5n"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
