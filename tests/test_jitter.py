@@ -137,3 +137,22 @@ def test_a_ptq_run_reports_the_grain_of_its_int8_figures_on_yolov5n(yolov5n_path
     assert by_hand == pytest.approx(ort[2], abs=1e-12)
     assert set(prep.summary["jitter"]) == {"int8", "int8_onnxruntime"}
     assert "ONNX Runtime) with every bias moved by one float32 ulp" in table(prep.summary)
+
+
+def test_an_interrupted_jitter_keeps_the_int8_figures_on_disk(tmp_path, monkeypatch):
+    """Ctrl-C during the draws: summary.json already holds the fake-quant fidelity the run measured."""
+    import json
+
+    import qdqtorch.pipeline.run as run_module
+    from conftest import REPO_ROOT
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run_module, "measure_jitter", interrupted)
+    demo = REPO_ROOT / "assets" / "demo"
+    settings = PTQSettings(model=str(demo / "shapes_detector.safetensors"), data=str(demo / "shapes.yaml"),
+                           num_calib=8, num_eval=8, batch=8, out=str(tmp_path), jitter_draws=2, export=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_module.run_ptq(settings, progress=False, log=lambda *_: None)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0 < summary["fidelity"]["int8"]["map50_95"] <= 1 and "jitter" not in summary

@@ -452,8 +452,9 @@ def measure_jitter(prep: Prepared, key: str = "int8", *, progress: bool = True, 
                 result, fid = _score(prep, key, candidate, progress=False)
         else:
             result, fid = _score(prep, key, candidate, progress=False)
-        return {k: v for k, v in (("fidelity", fid and fid.map50_95), ("map50_95", result and result.map50_95))
-                if k in unperturbed}
+        figures = {"fidelity": None if fid is None else fid.map50_95,
+                   "map50_95": None if result is None else result.map50_95}
+        return {k: v for k, v in figures.items() if k in unperturbed}
 
     t0 = time.perf_counter()
     found = jitter(prep.model, score, draws, unperturbed=unperturbed, progress=progress)
