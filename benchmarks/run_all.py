@@ -173,6 +173,14 @@ COMMANDS = [
     ("ptq_jitter_ppe", "§8l", "OMP_NUM_THREADS=1 python scripts/ptq.py --model ../shared/models/ppe_yolov5n.pt "
                               "--repo tests/fixtures/yolov5_repo --data ../shared/data/coco128/coco128.yaml --grid "
                               "shifted --jitter-draws 5 --ort-eval --out runs/jitter_ppe_yolov5n"),
+    ("ptq_jitter_distill", "§8l", "OMP_NUM_THREADS=1 python scripts/ptq.py --model ../shared/models/yolov5n.pt "
+                                  "--repo tests/fixtures/yolov5_repo --data ../shared/data/coco128/coco128.yaml "
+                                  "--grid shifted --rules tensorrt --recover distill --jitter-draws 5 --ort-eval "
+                                  "--out runs/jitter_distill_tensorrt"),
+    ("ptq_jitter_distill_res", "§8l", "OMP_NUM_THREADS=1 python scripts/ptq.py --model ../shared/models/yolov5n.pt "
+                                      "--repo tests/fixtures/yolov5_repo --data ../shared/data/coco128/coco128.yaml "
+                                      "--grid shifted --rules tensorrt-int8-residual --recover distill "
+                                      "--jitter-draws 5 --ort-eval --out runs/jitter_distill_tensorrt-int8-residual"),
     ("grids_recovery", "§8e", "OMP_NUM_THREADS=1 python benchmarks/bench_recovery.py --models "
                               "../shared/models/yolov5n.pt --methods none adaround ranges --rules tensorrt --grids "
                               "shifted --imgsz 320 --num-calib 32 --out runs/grids_recovery_v5n"),
