@@ -442,6 +442,10 @@ def measure_jitter(prep: Prepared, key: str = "int8", *, progress: bool = True, 
                 "map50_95": prep.summary.get(key, {}).get("map50_95")}
     unperturbed = {k: v for k, v in measured.items() if v is not None}
     if not unperturbed:
+        if prep.reference is not None and not prep.reference.num_boxes and not prep.labels_meaningful:
+            prep.warn("jitter_draws: nothing to rescore: no labels to score mAP against and no float detections to "
+                      "score fidelity against (--allow-empty)")
+            return None
         raise UsageError(f"jitter_draws: evaluate(prep, {key!r}) first; the jitter rescores its figures")
 
     def score(candidate: nn.Module) -> Dict[str, float]:
