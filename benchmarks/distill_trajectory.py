@@ -25,9 +25,9 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import add_int8_args, add_protocol_args, int8_setup, machine  # noqa: E402
+from _weight_flips import WeightFlips  # noqa: E402
 
 from qdqtorch.eval.jitter import spread  # noqa: E402
-from _weight_flips import WeightFlips  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -87,7 +87,7 @@ def test_a_figure_already_measured_is_not_measured_again():
 
 def test_what_jitter_cannot_measure_is_an_error():
     with pytest.raises(UsageError, match="no floating-point bias"):
-        jitter(torch.nn.Conv2d(3, 3, 1, bias=False), lambda m: {"x": 1.0}, draws=2)
+        jitter(torch.nn.Conv2d(3, 3, 1, bias=False), lambda m: pytest.fail("scored before the check"), draws=2)
     with pytest.raises(UsageError, match="at least 1"):
         jitter(_model(), _bias_sum, draws=0)
     with pytest.raises(UsageError, match="draw 1 has no 'other'"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import statistics
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, Iterator, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -19,15 +19,20 @@ from tqdm.auto import tqdm
 from ..errors import UsageError
 
 
+def _biases(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The floating-point bias parameters of `model`, in named_parameters order."""
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[-1] == "bias" and p.is_floating_point():
+            yield p
+
+
 @torch.no_grad()
 def perturb_biases(model: nn.Module, seed: int) -> int:
     """Move every bias parameter of `model` by one float32 ulp up or down (random per value, seeded) in place;
     returns how many values moved."""
     generator = torch.Generator().manual_seed(seed)
     moved = 0
-    for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1] != "bias" or not p.is_floating_point():
-            continue
+    for p in _biases(model):
         up = (torch.rand(p.shape, generator=generator) < 0.5).to(p.device)
         target = torch.where(up, torch.full_like(p, float("inf")), torch.full_like(p, float("-inf")))
         p.copy_(torch.nextafter(p, target))
@@ -61,8 +66,8 @@ class JitterResult:
 
     def __str__(self) -> str:
         parts = []
-        for key, values in self.figures.items():
-            s = spread(values)
+        for key in self.figures:
+            s = self.spread(key)
             parts.append(f"{key} {s['mean']:.4f} (sd {s['stdev']:.4f}, {s['min']:.4f}-{s['max']:.4f})")
         return f"one-ulp bias jitter over {len(self.seeds)} draws + the model itself: " + "; ".join(parts)
 
@@ -73,6 +78,9 @@ def jitter(model: nn.Module, score: Callable[[nn.Module], Mapping[str, float]], 
     `perturb_biases(seed=i)` for i in 1..draws; `score` maps a model to named figures. `model` is not changed."""
     if draws < 1:
         raise UsageError(f"jitter draws must be at least 1, got {draws}")
+    if next(_biases(model), None) is None:
+        raise UsageError("jitter: the model has no floating-point bias to perturb; its figure's grain cannot be "
+                         "measured this way")
     first = dict(score(model) if unperturbed is None else unperturbed)
     if not first:
         raise UsageError("jitter: the score gave no figure")
@@ -88,7 +96,4 @@ def jitter(model: nn.Module, score: Callable[[nn.Module], Mapping[str, float]], 
             if key not in row:
                 raise UsageError(f"jitter: the score of draw {seed} has no {key!r} (it gave {sorted(row)})")
             figures[key].append(float(row[key]))
-    if moved == 0:
-        raise UsageError("jitter: the model has no floating-point bias to perturb; its figure's grain cannot be "
-                         "measured this way")
     return JitterResult(figures, moved, seeds)

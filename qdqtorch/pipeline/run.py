@@ -46,8 +46,7 @@ def run_ptq(settings: PTQSettings, *, progress: bool = True, log=print) -> PTQRe
     save_calibration(prep.model, out / "calibration.json")
     report(prep, out)  # what is done so far survives a later failure
     evaluate(prep, "int8", progress=progress, log=log)
-    if settings.jitter_draws:
-        report(prep, out)  # the INT8 figures survive an interrupted jitter
+    report(prep, out)  # the INT8 figures survive an interrupted jitter or a failed export
     measure_jitter(prep, progress=progress, log=log)
     if settings.export:
         onnx_path = export(prep, out)
