@@ -7,10 +7,11 @@ images, and report COCO mAP of float, PTQ (before) and QAT (after) on the same e
         --epochs 10 --lr 1e-5 --imgsz 640 --batch 16 --device cuda
 
 Starts from the shipped placement `--rules tensorrt-int8-residual` (every residual Add fused into its Conv), so QAT
-recovers what full fusion costs in PTQ. Writes OUT/qat.safetensors (reload with qdqtorch.qat.load_qat_checkpoint
-into a model quantized the same way, same --rules) and
-OUT/summary.json. Loading a .pt checkpoint unpickles it, which can run code: only load files you trust. Nothing is
-downloaded.
+recovers what full fusion costs in PTQ. PTQ and QAT are also judged by fidelity (agreement with the float model's
+own detections, no labels needed); `--jitter-draws 5` says how finely those figures resolve the two models
+(BENCHMARKS.md §8l). Writes OUT/qat.safetensors (reload with qdqtorch.qat.load_qat_checkpoint into a model quantized
+the same way, same --rules) and OUT/summary.json. Loading a .pt checkpoint unpickles it, which can run code: only
+load files you trust. Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -67,7 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="image loading workers (default 0)")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     p.add_argument("--skip-float-eval", action="store_true", help="skip the float baseline")
-    return p.parse_args(argv)
+    p.add_argument("--jitter-draws", type=int, default=0, metavar="N",
+                   help="rescore PTQ and QAT in N copies whose biases moved by one float32 ulp: the spread is how "
+                        "finely their figures resolve the models (gaps below about 2 sd are ties; default 0: off)")
+    args = p.parse_args(argv)
+    if args.jitter_draws < 0:
+        p.error(f"--jitter-draws must be 0 (off) or more, got {args.jitter_draws}")
+    return args
 
 
 def _eval_set(path: str, preprocess, names, num_images, workers):
@@ -84,8 +91,9 @@ def _eval_set(path: str, preprocess, names, num_images, workers):
 def run(args: argparse.Namespace) -> dict:
     """Float eval, quantize + calibrate, PTQ eval, distillation epochs, QAT eval, checkpoint; returns the summary."""
     from qdqtorch import QuantConfig, calibrate, quantize_model
+    from qdqtorch.atomic import atomic_write_text
     from qdqtorch.data import Preprocess, calibration_loader
-    from qdqtorch.eval import evaluate
+    from qdqtorch.eval import evaluate, jitter
     from qdqtorch.eval.fidelity import fidelity, float_reference
     from qdqtorch.models import load_model
     from qdqtorch.qat import DistillationLoss, make_teacher, param_groups, prepare_qat, save_qat_checkpoint
@@ -107,11 +115,20 @@ def run(args: argparse.Namespace) -> dict:
     # the float model's own detections: fidelity (label-free agreement with float) of PTQ and QAT is scored on them
     reference = float_reference(model, eval_set, layout=layout, batch_size=args.batch)
 
+    def figures(candidate: torch.nn.Module) -> dict:
+        return {"map50_95": evaluate(candidate, eval_set, **eval_kwargs).map50_95,
+                "fidelity": fidelity(candidate, reference, batch_size=args.batch, outputs=False).map50_95}
+
     def score(key: str) -> None:
         summary[key] = evaluate(model, eval_set, **eval_kwargs).to_dict()
         agreement = fidelity(model, reference, batch_size=args.batch, outputs=False)
         summary[key]["fidelity"] = {"map50_95": agreement.map50_95, "map50": agreement.map50}
         print(f"{key.upper()}: mAP50-95 {summary[key]['map50_95']:.4f}, fidelity mAP50-95 {agreement.map50_95:.4f}")
+        if args.jitter_draws:
+            found = jitter(model, figures, args.jitter_draws, progress=True,
+                           unperturbed={"map50_95": summary[key]["map50_95"], "fidelity": agreement.map50_95})
+            summary.setdefault("jitter", {})[key] = found.to_dict()
+            print(f"{key.upper()}: {found}")
 
     config = QuantConfig(ignore=list(dict.fromkeys([*loaded.default_ignore, *args.ignore])))
     quantize_model(model, config)
@@ -159,7 +176,7 @@ def run(args: argparse.Namespace) -> dict:
     save_qat_checkpoint(model, out / "qat.safetensors",
                         metadata={"epochs": args.epochs, "map50_95": summary["qat"]["map50_95"],
                                   "quant_config": config.to_dict(), "rules": args.rules})
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
 
@@ -169,6 +186,11 @@ def _table(summary: dict) -> str:
     lines = ["model   mAP50-95  mAP50   fidelity mAP50-95", "-----   --------  ------  -----------------"]
     lines += [f"{name:<7} {r['map50_95']:.4f}    {r['map50']:.4f}  " +
               (f"{r['fidelity']['map50_95']:.4f}" if "fidelity" in r else "1 (reference)") for name, r in rows]
+    for key, name in (("ptq", "PTQ"), ("qat", "QAT")):
+        if key in summary.get("jitter", {}):
+            s = summary["jitter"][key]["figures"]["fidelity"]
+            lines.append(f"{name} fidelity, the model and {s['n'] - 1} one-ulp copies: {s['mean']:.4f} "
+                         f"(sd {s['stdev']:.4f}, {s['min']:.4f}-{s['max']:.4f}); gaps below about 2 sd are ties")
     if summary.get("gap_recovered") is not None:
         lines.append(f"QAT recovered {100 * summary['gap_recovered']:.0f}% of the PTQ gap to float")
     return "\n".join(lines)

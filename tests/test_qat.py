@@ -388,9 +388,10 @@ def test_yolov5n_qat_checkpoint_reloads_into_a_fresh_quantized_model(yolo_qat, t
         load_qat_checkpoint(mismatched, path)
 
 
-def test_qat_example_scores_fidelity_of_ptq_and_qat_on_the_demo(tmp_path):
+def test_qat_example_scores_fidelity_of_ptq_and_qat_on_the_demo(tmp_path, capsys):
     """examples/qat_distill.py judges PTQ and QAT by fidelity too: both in summary.json, as fractions of the float
-    model's own detections, and one epoch of distillation does not lose agreement with float."""
+    model's own detections, and one epoch of distillation does not lose agreement with float. With --jitter-draws it
+    also rescores both in one-ulp copies, the model's own figure first; a negative count is refused before any work."""
     import importlib.util
     import json
 
@@ -403,9 +404,19 @@ def test_qat_example_scores_fidelity_of_ptq_and_qat_on_the_demo(tmp_path):
     assert example.main(["--model", str(demo / "shapes_detector.safetensors"), "--images", str(demo / "shapes.yaml"),
                          "--val-data", str(demo / "shapes.yaml"), "--imgsz", "256", "--epochs", "1",
                          "--num-images", "16", "--num-eval", "16", "--num-calib", "16", "--device", "cpu",
-                         "--out", str(out)]) == 0
+                         "--jitter-draws", "2", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     ptq, qat = summary["ptq"]["fidelity"], summary["qat"]["fidelity"]
+    for key in ("ptq", "qat"):
+        drawn = summary["jitter"][key]["figures"]
+        assert drawn["fidelity"]["values"][0] == summary[key]["fidelity"]["map50_95"]
+        assert drawn["map50_95"]["values"][0] == summary[key]["map50_95"]
+        assert len(drawn["fidelity"]["values"]) == 3 and summary["jitter"][key]["seeds"] == [1, 2]
+        assert all(0.0 <= v <= 1.0 for v in drawn["fidelity"]["values"])
+    assert "QAT fidelity, the model and 2 one-ulp copies" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        example.main(["--model", "never-read.pt", "--images", "x", "--val-data", "x", "--jitter-draws", "-1"])
+    assert "--jitter-draws must be 0 (off) or more" in capsys.readouterr().err
     for f in (ptq, qat):
         assert 0.0 < f["map50_95"] <= f["map50"] <= 1.0
     assert ptq["map50_95"] < 1.0                     # INT8 changes some boxes
