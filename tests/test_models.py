@@ -278,6 +278,24 @@ def test_unknown_file_type_errors(tmp_path):
         load_model(tmp_path)
 
 
+def test_dataset_or_broken_yaml_as_model_is_refused_by_name(tmp_path):
+    """The dataset yaml passed as the model (a common slip) is named as such before Ultralytics sees it."""
+    shared_yaml = Path(__file__).resolve().parents[2] / "shared/data/coco128/coco128.yaml"
+    data = tmp_path / "coco128.yaml"
+    data.write_text("path: ../datasets/coco128\ntrain: images/train2017\nval: images/val2017\nnames:\n  0: person\n")
+    for yml in (data, shared_yaml) if shared_yaml.exists() else (data,):
+        with pytest.raises(ModelLoadError, match=re.escape(str(yml)) + ".*not a model config.*dataset yaml.*--data"):
+            load_model(yml)
+    other = tmp_path / "other.yaml"
+    other.write_text("lr: 0.01\n")
+    with pytest.raises(ModelLoadError, match=r"not a model config \(no 'backbone' and 'head' sections\); pass"):
+        load_model(other)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("backbone: [unclosed\n")
+    with pytest.raises(ModelLoadError, match=r"broken\.yaml: not readable as YAML"):
+        load_model(broken)
+
+
 # --- Ultralytics ----------------------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from .describe import class_names, find_head, float_by_default, max_stride
@@ -51,6 +52,22 @@ def _missing(spec: str, path: Path) -> ModelNotFoundError:
     return ModelNotFoundError(f"model not found: {spec} (resolved to {path.resolve()}); {_WHAT_TO_PASS}")
 
 
+def _check_model_yaml(spec: str | Path, path: Path) -> None:
+    """Refuse a yaml that is not a model config (most often the dataset yaml passed as the model) before Ultralytics
+    fails on it with a bare KeyError."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"model yaml {spec}: not readable as YAML ({exc}); {_WHAT_TO_PASS}") from exc
+    if isinstance(config, dict) and "backbone" in config and "head" in config:
+        return
+    looks_like_data = isinstance(config, dict) and ("names" in config or "val" in config or "train" in config)
+    hint = (": it looks like a dataset yaml (it lists images or class names), which goes in --data / data="
+            if looks_like_data else "")
+    raise ModelLoadError(f"model yaml {spec}: not a model config (no 'backbone' and 'head' sections){hint}; "
+                         f"{_WHAT_TO_PASS}")
+
+
 def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple[nn.Module, str, int | None]:
     """Return (module, source description, training image size recorded in the file or None)."""
     if isinstance(spec, nn.Module):
@@ -59,6 +76,8 @@ def _load_module(spec: str | Path | nn.Module, repo: str | Path | None) -> tuple
     if path.suffix.lower() in _YAML:
         if not path.exists() and path.parent != Path("."):
             raise _missing(str(spec), path)
+        if path.exists():
+            _check_model_yaml(spec, path)
         name = str(path) if path.exists() else path.name  # bare names resolve to ultralytics' bundled cfgs
         model, note = load_ultralytics(name, f"model yaml {spec}")
         return model, f"ultralytics-yaml:{name} (random init){note}", None
