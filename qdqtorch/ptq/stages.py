@@ -184,7 +184,8 @@ def take_reference(prep: Prepared, *, outputs: int = 8, evaluate_float: bool = F
                                     seconds=time.perf_counter() - t0)
     prep.summary.setdefault("data", {})["fidelity_reference"] = prep.reference.describe()
     if 0 < prep.reference.num_boxes < FEW_REFERENCE_BOXES:
-        prep.warn(f"the float model detects only {prep.reference.num_boxes} boxes on the {len(es)} evaluation "
+        boxes = prep.reference.num_boxes
+        prep.warn(f"the float model detects only {boxes} box{'es' if boxes > 1 else ''} on the {len(es)} evaluation "
                   f"images of {s.data}: fidelity rests on so few reference boxes that it can only tell large "
                   f"changes (on 35 boxes one model's figure moves by up to 0.025 when its biases change in the last "
                   f"bit, BENCHMARKS.md §8l); evaluate on more images, or on images of the model's own domain; "
