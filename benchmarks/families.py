@@ -134,6 +134,7 @@ def _detector_row(index: int, spec: dict, out: Path) -> dict:
     rules = s["quantization"].get("rules", {})
     row.update(loads=s["model"]["source"].split(":")[0], layout=s["model"]["layout"],
                int8_layers=len(s["quantization"]["replaced"]), float_layers=len(s["quantization"]["ignored"]),
+               float_layer_names=[entry[0] for entry in s["quantization"]["ignored"]],
                rules_groups=len(rules.get("groups", [])),
                shortcuts={k: sum(r.get("shortcut") == k for r in rules.get("residual_adds", []))
                           for k in ("int8", "float")},
@@ -179,12 +180,13 @@ def table(rows: list[dict]) -> str:
         if fidelity is None:
             scored = (f"{r['scored_by']} {r['int8_map']:.4f} vs ORT {r['ort_map']:.4f}; "
                       if r["int8_map"] is not None and r["ort_map"] is not None else "")
-            if scored and r["scored_by"].startswith("fidelity"):  # few reference boxes make it a coin toss
-                boxes = r.get("reference_boxes")
-                scored = (f"fidelity on {boxes} float box{'es' if boxes != 1 else ''} only: not a measurement; "
-                          if boxes is not None and boxes < FEW_REFERENCE_BOXES else scored)
-            fidelity = (f"{scored}max |Δ class score| {r['max_score_diff']:.4f}, |Δ box| "
-                        f"{r['max_box_diff_px']:.2f} px")
+            boxes = r.get("reference_boxes")
+            if boxes == 0:
+                scored = "the float model detects nothing: no score; "
+            elif scored and r["scored_by"].startswith("fidelity") and boxes is not None and boxes < FEW_REFERENCE_BOXES:
+                scored = f"fidelity on {boxes} float box{'es' if boxes != 1 else ''} only: not a measurement; "
+            fidelity = (f"{scored}max Δ class score {r['max_score_diff']:.4f}, max Δ box "
+                        f"{r['max_box_diff_px']:.2f} px")  # no '|' in a Markdown cell
         errors = f"{r['check_errors']}" + (f" ({', '.join(r['check_error_rules'])})" if r["check_errors"] else "")
         val = r["ultralytics_val"]
         val_text = f"yes (mAP50-95 {val['map50_95']:.4f})" if val["ok"] else f"no: {val['error']}"
@@ -192,8 +194,12 @@ def table(rows: list[dict]) -> str:
         if "shortcuts" in r:
             rules += f"; shortcuts {r['shortcuts']['int8']} int8 / {r['shortcuts']['float']} float"
         if r.get("kept_float"):
-            rules += f"; {len(r['kept_float'])} attention op(s) kept float"
-        lines.append(f"| {r['family']} | {r['loads']} | {r['int8_layers']} / {r['float_layers']} | "
+            kinds = ", ".join(sorted({op.split("@")[0] for op in r["kept_float"]}))
+            rules += f"; {len(r['kept_float'])} attention op(s) kept float ({kinds})"
+        names = r.get("float_layer_names") or []
+        floats = f"{r['float_layers']}" + (f" ({', '.join(n.split('.', 2)[-1] for n in names)})"
+                                           if 0 < len(names) <= 3 else "")
+        lines.append(f"| {r['family']} | {r['loads']} | {r['int8_layers']} / {floats} | "
                      f"{rules} | {errors} | {fidelity} | {val_text} |")
     return "\n".join(lines)
 
