@@ -89,23 +89,40 @@ def _ultralytics_val(onnx: Path, data: str, work: Path) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
-def _agreement(model, layout: str, onnx: Path, imgsz: int) -> tuple[float, float]:
+def _agreement(model, layout: str, onnx: Path, imgsz: int) -> dict:
     """Largest |class score| and |box coordinate| (pixels) differences between ONNX Runtime and PyTorch fake quant
-    on two random images (the boxes still say something when a random model's scores are all near 0)."""
+    on two random images (the boxes still say something when a random model's scores are all near 0), and, as their
+    yardstick, the largest between the fake-quant model and its copies with every bias moved by one float32 ulp
+    (seeds 1-3): the grain of one INT8 model in any runtime (BENCHMARKS.md §8l)."""
+    import copy
+
     import torch
+    from qdqtorch.eval import perturb_biases
     from qdqtorch.export.runtime import OnnxRuntimeModule
     from qdqtorch.models import YOLOV5, PredictionOnly
     x = torch.rand(2, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ours = PredictionOnly(model, layout)(x)
-    theirs = OnnxRuntimeModule(onnx)(x)
+
+    def predict(m):
+        with torch.no_grad():
+            return PredictionOnly(m, layout)(x)
 
     def scores(p):
         return p[..., 5:] * p[..., 4:5] if layout == YOLOV5 else p[:, 4:]
 
     def boxes(p):
         return p[..., :4] if layout == YOLOV5 else p[:, :4]
-    return float((scores(ours) - scores(theirs)).abs().max()), float((boxes(ours) - boxes(theirs)).abs().max())
+
+    def differences(a, b) -> tuple[float, float]:
+        return float((scores(a) - scores(b)).abs().max()), float((boxes(a) - boxes(b)).abs().max())
+    ours = predict(model)
+    score_diff, box_diff = differences(ours, OnnxRuntimeModule(onnx)(x))
+    jitter = []
+    for seed in (1, 2, 3):
+        twin = copy.deepcopy(model)
+        perturb_biases(twin, seed)
+        jitter.append(differences(ours, predict(twin)))
+    return {"max_score_diff": score_diff, "max_box_diff_px": box_diff,
+            "ulp_max_score_diff": max(j[0] for j in jitter), "ulp_max_box_diff_px": max(j[1] for j in jitter)}
 
 
 def _figure(summary: dict, key: str):
@@ -130,7 +147,7 @@ def _detector_row(index: int, spec: dict, out: Path) -> dict:
     except Exception as exc:
         return {**row, "loads": f"no: {type(exc).__name__}: {str(exc)[:200]}"}
     s = result.summary
-    score_diff, box_diff = _agreement(result.model, s["model"]["layout"], Path(s["onnx"]), spec["imgsz"])
+    agreement = _agreement(result.model, s["model"]["layout"], Path(s["onnx"]), spec["imgsz"])
     rules = s["quantization"].get("rules", {})
     row.update(loads=s["model"]["source"].split(":")[0], layout=s["model"]["layout"],
                int8_layers=len(s["quantization"]["replaced"]), float_layers=len(s["quantization"]["ignored"]),
@@ -143,7 +160,7 @@ def _detector_row(index: int, spec: dict, out: Path) -> dict:
                scored_by="COCO mAP50-95" if "int8" in s else "fidelity mAP50-95",
                reference_boxes=s.get("data", {}).get("fidelity_reference", {}).get("num_boxes"),
                int8_map=_figure(s, "int8"), ort_map=_figure(s, "int8_onnxruntime"),
-               max_score_diff=score_diff, max_box_diff_px=box_diff,
+               **agreement,
                seconds=round(time.perf_counter() - t0, 1))
     if s["model"]["layout"] == "ultralytics":
         row["ultralytics_val"] = _ultralytics_val(Path(s["onnx"]), spec["data"], work)
@@ -185,8 +202,9 @@ def table(rows: list[dict]) -> str:
                 scored = "the float model detects nothing: no score; "
             elif scored and r["scored_by"].startswith("fidelity") and boxes is not None and boxes < FEW_REFERENCE_BOXES:
                 scored = f"fidelity on {boxes} float box{'es' if boxes != 1 else ''} only: not a measurement; "
-            fidelity = (f"{scored}max Δ class score {r['max_score_diff']:.4f}, max Δ box "
-                        f"{r['max_box_diff_px']:.2f} px")  # no '|' in a Markdown cell
+            fidelity = (f"{scored}max Δ class score {r['max_score_diff']:.4f}, max Δ box "  # no '|' in a cell
+                        f"{r['max_box_diff_px']:.2f} px (one-ulp copies in PyTorch: {r['ulp_max_score_diff']:.4f}, "
+                        f"{r['ulp_max_box_diff_px']:.2f} px)")
         errors = f"{r['check_errors']}" + (f" ({', '.join(r['check_error_rules'])})" if r["check_errors"] else "")
         val = r["ultralytics_val"]
         val_text = f"yes (mAP50-95 {val['map50_95']:.4f})" if val["ok"] else f"no: {val['error']}"
