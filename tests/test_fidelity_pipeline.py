@@ -61,7 +61,8 @@ def test_custom_classes_on_coco_warn_and_are_scored_by_fidelity(ppe_yolov5n_path
     assert set(fid) == {"int8", "int8_onnxruntime"}
     boxes = summary["data"]["fidelity_reference"]["num_boxes"]
     few = warning_lines(proc.stderr, "reference boxes")   # helmets and vests are rare in 16 COCO images
-    assert 0 < boxes < 100 and len(few) == 1 and f"only {boxes} boxes" in few[0], proc.stderr[-3000:]
+    noun = "box" if boxes == 1 else "boxes"
+    assert 0 < boxes < 100 and len(few) == 1 and f"only {boxes} {noun} on" in few[0], proc.stderr[-3000:]
     for key in fid:
         assert 0 <= fid[key]["map50_95"] <= fid[key]["map50"] <= 1 and fid[key]["num_reference_boxes"] == boxes
         assert fid[key]["outputs"][0]["shape"] == [3 * (32 * 32 + 16 * 16 + 8 * 8), 7]  # 2 classes: 5 + 2
@@ -147,7 +148,7 @@ def test_too_few_reference_boxes_for_a_fine_figure_are_warned(yolov5n_path, coco
         return prep.reference.num_boxes, [str(w.message) for w in record if "reference boxes" in str(w.message)]
 
     boxes, few = boxes_and_warnings(8)
-    assert 10 <= boxes < 100 and len(few) == 1 and f"only {boxes} boxes" in few[0] and "§8l" in few[0], few
+    assert 10 <= boxes < 100 and len(few) == 1 and f"only {boxes} boxes on" in few[0] and "§8l" in few[0], few
     boxes, few = boxes_and_warnings(40)
     assert boxes >= 100 and not few, few
 
