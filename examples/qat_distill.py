@@ -9,9 +9,9 @@ images, and report COCO mAP of float, PTQ (before) and QAT (after) on the same e
 Starts from the shipped placement `--rules tensorrt-int8-residual` (every residual Add fused into its Conv), so QAT
 recovers what full fusion costs in PTQ. PTQ and QAT are also judged by fidelity (agreement with the float model's
 own detections, no labels needed); `--jitter-draws 5` says how finely those figures resolve the two models
-(BENCHMARKS.md §8l). Writes OUT/qat.safetensors (reload with qdqtorch.qat.load_qat_checkpoint into a model quantized
-the same way, same --rules) and OUT/summary.json. Loading a .pt checkpoint unpickles it, which can run code: only
-load files you trust. Nothing is downloaded.
+(BENCHMARKS.md §8l). Writes OUT/qat.safetensors after every epoch, so Ctrl-C keeps the last finished one (reload it
+with qdqtorch.qat.load_qat_checkpoint into a model quantized the same way, same --rules), and OUT/summary.json.
+Loading a .pt checkpoint unpickles it, which can run code: only load files you trust. Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -149,22 +149,34 @@ def run(args: argparse.Namespace) -> dict:
                  else torch.optim.SGD(groups, momentum=0.9))
     train = calibration_loader(args.images, preprocess, batch_size=args.batch, num_images=args.num_images,
                                workers=args.workers, shuffle=True, seed=args.seed)
-    history = []
+    history: list = []
+    checkpoint = out / "qat.safetensors"
+    saved = {"quant_config": config.to_dict(), "rules": args.rules}
     t0 = time.perf_counter()
-    for epoch in range(args.epochs):
-        train.seed = args.seed + epoch  # a new order every epoch
-        total, seen = 0.0, 0
-        bar = tqdm(train, desc=f"QAT epoch {epoch + 1}/{args.epochs}", unit="batch")
-        for images in bar:
-            images = images.to(args.device, non_blocking=True)
-            loss = loss_fn(images)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, seen = total + loss_fn.last["loss"] * len(images), seen + len(images)
-            bar.set_postfix(loss=f"{loss_fn.last['loss']:.4g}", blocks=f"{loss_fn.last['blocks']:.3g}",
-                            output=f"{loss_fn.last['output']:.3g}")
-        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1)})
+    try:
+        for epoch in range(args.epochs):
+            train.seed = args.seed + epoch  # a new order every epoch
+            total, seen = 0.0, 0
+            bar = tqdm(train, desc=f"QAT epoch {epoch + 1}/{args.epochs}", unit="batch")
+            for images in bar:
+                images = images.to(args.device, non_blocking=True)
+                loss = loss_fn(images)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, seen = total + loss_fn.last["loss"] * len(images), seen + len(images)
+                bar.set_postfix(loss=f"{loss_fn.last['loss']:.4g}", blocks=f"{loss_fn.last['blocks']:.3g}",
+                                output=f"{loss_fn.last['output']:.3g}")
+            history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1)})
+            save_qat_checkpoint(model, checkpoint, metadata={"epochs": epoch + 1, **saved})  # Ctrl-C keeps it
+    except KeyboardInterrupt:
+        summary.update(train_seconds=time.perf_counter() - t0, history=history, interrupted_in_epoch=len(history) + 1)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
+        held = (f"{checkpoint} holds the model after epoch {len(history)}" if history
+                else f"no epoch finished, so nothing was saved (a {checkpoint.name} there is from an earlier run)")
+        print(f"\ninterrupted in epoch {len(history) + 1}: {held}; {out / 'summary.json'} has the PTQ figures and "
+              "the loss history", file=sys.stderr)
+        raise
     summary["train_seconds"] = time.perf_counter() - t0
     summary["history"] = history
     score("qat")
@@ -173,9 +185,8 @@ def run(args: argparse.Namespace) -> dict:
         gap = summary["float"]["map50_95"] - summary["ptq"]["map50_95"]
         gained = summary["qat"]["map50_95"] - summary["ptq"]["map50_95"]
         summary["gap_recovered"] = gained / gap if gap > 0 else None
-    save_qat_checkpoint(model, out / "qat.safetensors",
-                        metadata={"epochs": args.epochs, "map50_95": summary["qat"]["map50_95"],
-                                  "quant_config": config.to_dict(), "rules": args.rules})
+    save_qat_checkpoint(model, checkpoint, metadata={"epochs": args.epochs, "map50_95": summary["qat"]["map50_95"],
+                                                     **saved})
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
@@ -203,6 +214,8 @@ def main(argv=None) -> int:
     except (QdqtorchError, FileNotFoundError) as exc:  # bad input: one line; anything else is a bug (traceback)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     print(_table(summary))
     print(f"wrote {Path(args.out) / 'qat.safetensors'} and summary.json")
     return 0

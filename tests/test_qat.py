@@ -423,6 +423,45 @@ def test_qat_example_scores_fidelity_of_ptq_and_qat_on_the_demo(tmp_path, capsys
     assert qat["map50_95"] >= ptq["map50_95"] - 0.01  # distilling towards float keeps (here: raises) agreement
 
 
+def test_qat_example_keeps_the_last_finished_epoch_on_ctrl_c(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the second epoch: exit 130, qat.safetensors holds epoch 1 (it loads into a freshly quantized model
+    and equals the weights after epoch 1), summary.json keeps the PTQ figures and epoch 1's loss."""
+    import importlib.util
+    import json
+
+    from safetensors import safe_open
+
+    from conftest import REPO_ROOT
+    from qdqtorch.qat import DistillationLoss
+    spec = importlib.util.spec_from_file_location("qat_distill", REPO_ROOT / "examples" / "qat_distill.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    calls, after_epoch_one = {"n": 0}, {}
+    forward = DistillationLoss.forward
+
+    def interrupted(self, images):
+        calls["n"] += 1
+        if calls["n"] == 3:  # 16 images in batches of 8: the first batch of epoch 2
+            after_epoch_one.update({k: v.detach().clone() for k, v in self.student.state_dict().items()})
+            raise KeyboardInterrupt
+        return forward(self, images)
+    monkeypatch.setattr(DistillationLoss, "forward", interrupted)
+    demo, out = REPO_ROOT / "assets" / "demo", tmp_path / "qat"
+    assert example.main(["--model", str(demo / "shapes_detector.safetensors"), "--images", str(demo / "shapes.yaml"),
+                         "--val-data", str(demo / "shapes.yaml"), "--imgsz", "256", "--epochs", "3", "--batch", "8",
+                         "--num-images", "16", "--num-eval", "16", "--num-calib", "16", "--device", "cpu",
+                         "--skip-float-eval", "--out", str(out)]) == 130
+    assert "interrupted in epoch 2" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted_in_epoch"] == 2 and [h["epoch"] for h in summary["history"]] == [1]
+    assert "ptq" in summary and "qat" not in summary
+    with safe_open(str(out / "qat.safetensors"), framework="pt") as fh:
+        assert json.loads(fh.metadata()["metadata"])["epochs"] == 1
+        saved = {k: fh.get_tensor(k) for k in fh.keys()}
+    assert saved.keys() == after_epoch_one.keys()
+    assert all(torch.equal(saved[k], after_epoch_one[k]) for k in saved)
+
+
 def test_qat_checkpoint_keeps_the_shifted_grid_and_reads_files_from_before_it(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
