@@ -167,6 +167,13 @@ COMMANDS = [
     ("fidelity_resolution_res_seed2", "§8l", "OMP_NUM_THREADS=1 python benchmarks/fidelity_resolution.py --rules "
                                              "tensorrt-int8-residual --distill --seed 2 --draws 5 --ort --out "
                                              "runs/fidelity_resolution_res_seed2_ort"),
+    ("fidelity_resolution_seed1", "§8l", "OMP_NUM_THREADS=1 python benchmarks/fidelity_resolution.py --distill "
+                                         "--seed 1 --draws 5 --ort --out runs/fidelity_resolution_seed1_ort"),
+    ("fidelity_resolution_seed2", "§8l", "OMP_NUM_THREADS=1 python benchmarks/fidelity_resolution.py --distill "
+                                         "--seed 2 --draws 5 --ort --out runs/fidelity_resolution_seed2_ort"),
+    ("fidelity_resolution_res_seed1", "§8l", "OMP_NUM_THREADS=1 python benchmarks/fidelity_resolution.py --rules "
+                                             "tensorrt-int8-residual --distill --seed 1 --draws 5 --ort --out "
+                                             "runs/fidelity_resolution_res_seed1_ort"),
     ("ptq_jitter", "§8l", "OMP_NUM_THREADS=1 python scripts/ptq.py --model ../shared/models/yolov5n.pt --repo "
                           "tests/fixtures/yolov5_repo --data ../shared/data/coco128/coco128.yaml --grid shifted "
                           "--jitter-draws 5 --ort-eval --out runs/jitter_yolov5n"),
