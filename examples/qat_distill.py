@@ -115,13 +115,17 @@ def run(args: argparse.Namespace) -> dict:
     # the float model's own detections: fidelity (label-free agreement with float) of PTQ and QAT is scored on them
     reference = float_reference(model, eval_set, layout=layout, batch_size=args.batch)
 
+    def both(candidate: torch.nn.Module) -> tuple:
+        return (evaluate(candidate, eval_set, **eval_kwargs),
+                fidelity(candidate, reference, batch_size=args.batch, outputs=False))
+
     def figures(candidate: torch.nn.Module) -> dict:
-        return {"map50_95": evaluate(candidate, eval_set, **eval_kwargs).map50_95,
-                "fidelity": fidelity(candidate, reference, batch_size=args.batch, outputs=False).map50_95}
+        result, agreement = both(candidate)
+        return {"map50_95": result.map50_95, "fidelity": agreement.map50_95}
 
     def score(key: str) -> None:
-        summary[key] = evaluate(model, eval_set, **eval_kwargs).to_dict()
-        agreement = fidelity(model, reference, batch_size=args.batch, outputs=False)
+        result, agreement = both(model)
+        summary[key] = result.to_dict()
         summary[key]["fidelity"] = {"map50_95": agreement.map50_95, "map50": agreement.map50}
         print(f"{key.upper()}: mAP50-95 {summary[key]['map50_95']:.4f}, fidelity mAP50-95 {agreement.map50_95:.4f}")
         if args.jitter_draws:
@@ -192,6 +196,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _table(summary: dict) -> str:
+    from qdqtorch.eval.jitter import spread_text
     rows = [(name, summary[key]) for name, key in (("float", "float"), ("PTQ", "ptq"), ("QAT", "qat"))
             if key in summary]
     lines = ["model   mAP50-95  mAP50   fidelity mAP50-95", "-----   --------  ------  -----------------"]
@@ -200,8 +205,8 @@ def _table(summary: dict) -> str:
     for key, name in (("ptq", "PTQ"), ("qat", "QAT")):
         if key in summary.get("jitter", {}):
             s = summary["jitter"][key]["figures"]["fidelity"]
-            lines.append(f"{name} fidelity, the model and {s['n'] - 1} one-ulp copies: {s['mean']:.4f} "
-                         f"(sd {s['stdev']:.4f}, {s['min']:.4f}-{s['max']:.4f}); gaps below about 2 sd are ties")
+            lines.append(f"{name} fidelity, the model and {s['n'] - 1} one-ulp copies: {spread_text(s)}; gaps below "
+                         "about 2 sd are ties")
     if summary.get("gap_recovered") is not None:
         lines.append(f"QAT recovered {100 * summary['gap_recovered']:.0f}% of the PTQ gap to float")
     return "\n".join(lines)

@@ -46,6 +46,11 @@ def spread(values: List[float]) -> Dict[str, float]:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def spread_text(s: Mapping[str, float]) -> str:
+    """One `spread` (or its JSON form in a summary) as 'mean (sd, min-max)', the way every report prints it."""
+    return f"{s['mean']:.4f} (sd {s['stdev']:.4f}, {s['min']:.4f}-{s['max']:.4f})"
+
+
 @dataclass
 class JitterResult:
     """Each figure of the model as it is (first) and of each one-ulp copy (seeds 1..draws, in order)."""
@@ -65,10 +70,7 @@ class JitterResult:
                 "figures": {k: {"values": v, **spread(v)} for k, v in self.figures.items()}}
 
     def __str__(self) -> str:
-        parts = []
-        for key in self.figures:
-            s = self.spread(key)
-            parts.append(f"{key} {s['mean']:.4f} (sd {s['stdev']:.4f}, {s['min']:.4f}-{s['max']:.4f})")
+        parts = [f"{key} {spread_text(self.spread(key))}" for key in self.figures]
         return f"one-ulp bias jitter over {len(self.seeds)} draws + the model itself: " + "; ".join(parts)
 
 

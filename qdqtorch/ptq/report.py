@@ -53,6 +53,7 @@ def table(summary: Dict[str, Any]) -> str:
     agreement with the float model's own detections) always, then one line per quantized model with its
     whole-network error (SNR/cosine of every output tensor) and the notes that change how to read it."""
     from ..eval.fidelity import outputs_line
+    from ..eval.jitter import spread_text
     rows = result_rows(summary)
     with_map = any(r[1] is not None for r in rows)
     with_fid = "fidelity" in summary
@@ -73,8 +74,8 @@ def table(summary: Dict[str, Any]) -> str:
             if key in figures:
                 j = figures[key]
                 notes.append(f"{name} of {label} with every bias moved by one float32 ulp ({j['n'] - 1} draws and "
-                             f"the model itself): mean {j['mean']:.4f}, sd {j['stdev']:.4f}, "
-                             f"{j['min']:.4f}-{j['max']:.4f}; gaps of this model's figure below about 2 sd are ties")
+                             f"the model itself): {spread_text(j)}; gaps of this model's figure below about 2 sd "
+                             "are ties")
     for key, label in ROWS[1:]:
         outputs = summary.get("fidelity", {}).get(key, {}).get("outputs")
         if outputs:
