@@ -41,36 +41,67 @@ def grid_use(model, batch) -> str:
             "about half of the signed int8 grid (one bit) stays unused")
 
 
-def asymmetric_what_if(model, calibration, reference, fidelity) -> str:
-    """What-if, not a qdqtorch mode: the same calibrated model with every activation on an asymmetric 8-bit grid
-    [observed min, amax] (uint8 with a zero point, as ONNX Runtime's own quantizer does; TensorRT accepts only zero
-    points of 0, i.e. the symmetric grid). A forward hook replaces each activation quantizer's output."""
+def grid_what_ifs(model, calibration, reference, fidelity) -> list:
+    """What-ifs, not qdqtorch modes: the same calibrated model with every activation on another 8-bit grid, as table
+    rows. A forward hook replaces each activation quantizer's output.
+
+    - asymmetric [observed min, amax]: uint8 with a zero point, as ONNX Runtime's own quantizer does (TensorRT accepts
+      only zero points of 0; qdqtorch's shifted grid is the TensorRT-compatible form);
+    - per-channel [min_c, max_c] and per-channel symmetric +-max|x_c|: a grid per channel, fitted to the range each
+      channel shows on the calibration images. TensorRT quantizes activations per tensor; a per-channel scale would
+      need a per-channel multiply before the Q folded into the consumers' weights (SmoothQuant-style), so this row
+      says whether that transform is worth building.
+    """
     import torch
 
     from qdqtorch.quantize import named_quantizers, weight_quantizer_ids
     weights = weight_quantizer_ids(model)
     acts = [(n, q) for n, q in named_quantizers(model) if id(q) not in weights and q.amax is not None]
     low: dict = {}
-    hooks = [q.register_forward_pre_hook(lambda m, a, n=n: low.__setitem__(n, min(low.get(n, 0.0), float(a[0].min()))))
-             for n, q in acts]
+    high: dict = {}
+
+    def key(n, x):  # a tied quantizer sees several tensors: keep their channels apart by channel count
+        return n, x.shape[1]
+
+    def observe(n, x) -> None:
+        x = x.detach()
+        dims = [d for d in range(x.dim()) if d != 1]
+        k = key(n, x)
+        lo, hi = x.amin(dim=dims), x.amax(dim=dims)
+        low[k] = torch.minimum(low[k], lo) if k in low else lo
+        high[k] = torch.maximum(high[k], hi) if k in high else hi
+
+    hooks = [q.register_forward_pre_hook(lambda m, a, n=n: observe(n, a[0])) for n, q in acts]
     with torch.no_grad():
         for batch in calibration:
             model(batch[0] if isinstance(batch, (list, tuple)) else batch)
     for h in hooks:
         h.remove()
 
-    def affine(lo: float, hi: float):
-        scale = (hi - lo) / 255
-        zero_point = int(round(-lo / scale))
-        return lambda m, a, out: torch.fake_quantize_per_tensor_affine(a[0], scale, zero_point, 0, 255)
+    def affine(x, lo, hi):
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        scale = ((hi - lo) / 255).clamp(min=1e-8).view(shape)
+        zero_point = torch.round(-lo.view(shape) / scale)
+        return (torch.clamp(torch.round(x / scale) + zero_point, 0, 255) - zero_point) * scale
 
-    hooks = [q.register_forward_hook(affine(low[n], float(q.amax.max()))) for n, q in acts]
-    try:
-        r = fidelity(model, reference)
-    finally:
-        for h in hooks:
-            h.remove()
-    return f"| 8, asymmetric [min, amax] (what-if) | 8 | {r.map50_95:.3f} | {r.map50:.3f} | - |"
+    grids = {
+        "8, asymmetric [min, amax]": lambda x, k, q: affine(x, low[k].min().expand_as(low[k]),
+                                                            torch.full_like(high[k], float(q.amax.max()))),
+        "8, per-channel asymmetric [min_c, max_c]": lambda x, k, q: affine(x, low[k], high[k]),
+        "8, per-channel symmetric +-max abs": lambda x, k, q: affine(x, -torch.maximum(high[k], -low[k]),
+                                                                     torch.maximum(high[k], -low[k])),
+    }
+    rows = []
+    for label, grid in grids.items():
+        hooks = [q.register_forward_hook(lambda m, a, out, n=n, q=q, grid=grid: grid(a[0], key(n, a[0]), q))
+                 for n, q in acts]
+        try:
+            r = fidelity(model, reference)
+        finally:
+            for h in hooks:
+                h.remove()
+        rows.append(f"| {label} (what-if) | 8 | {r.map50_95:.3f} | {r.map50:.3f} | - |")
+    return rows
 
 
 VARIANTS = [(8, 8), (9, 8), (10, 8), (16, 8), (8, 16)]  # (activation bits, weight bits)
@@ -114,7 +145,8 @@ def main(argv=None) -> int:
               flush=True)
         if (act_bits, weight_bits) == (8, 8):
             usage = grid_use(model, next(eval_set.batches(16))[1])
-            print(asymmetric_what_if(model, calibration, reference, fidelity), flush=True)
+            for row in grid_what_ifs(model, calibration, reference, fidelity):
+                print(row, flush=True)
     print(f"\nint8 grid use at 8/8: {usage}")
     return 0
 
