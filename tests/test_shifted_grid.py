@@ -102,6 +102,27 @@ def test_symmetric_tensors_keep_zero_point_zero_and_mse_grid_choice():
         q.load_calib_amax("max", grid="asymmetric")
 
 
+@pytest.mark.parametrize("method", ["max", "mse"])
+def test_shifted_grid_carries_an_8_bit_image_exactly(method):
+    # an image divided by 255 has 256 levels on [0, 1]; a shifted grid with step 1/255 holds every one of them, so the
+    # first Conv reads the image without rounding error (the symmetric grid's step is 1/127: up to 1/254 off). The
+    # activations' default descriptor is needed: all 256 codes, not the narrow range of weights
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (4, 3, 64, 64)).float() / 255
+    errors = {}
+    for grid in ("symmetric", "shifted"):
+        q = TensorQuantizer(QuantConfig().input.replace(calibrator="histogram"))
+        q.enable_calib()
+        q.disable_quant()
+        q(image)
+        q.disable_calib()
+        q.enable_quant()
+        q.load_calib_amax(method, grid=grid)
+        errors[grid] = float((q(image) - image).abs().max())
+    assert errors["shifted"] < 1e-6
+    assert errors["symmetric"] > 1 / 1000
+
+
 def test_zero_point_needs_a_signed_per_tensor_quantizer():
     per_channel = TensorQuantizer(QuantDescriptor(axis=0))
     with pytest.raises(CalibrationError, match="per-channel"):
