@@ -221,8 +221,13 @@ def run_budget(p: Protocol, keys: List[str]) -> List[Row]:
         for q in units[name].quantizers:
             quantizers[q].disable()
     verified = budget["verification"]["metric"]
-    reached = "within budget" if budget["verification"]["within_budget"] else (
-        f"budget NOT reached: the {a.budget_prefilter} prefiltered layers ran out")
+    tried = len(budget["steps"]) - 1  # the first step is the all-quantized baseline
+    if budget["verification"]["within_budget"]:
+        reached = "within budget"
+    elif tried == 0:  # the search only tries layers whose impact is above the sweep's noise
+        reached = "budget NOT reached: " + result["recommendation"].get("note", "no layer was tried")
+    else:
+        reached = f"budget NOT reached after trying {tried} layer(s)"
     row = Row("qdqtorch-budget", "qdqtorch " + qdqtorch.__version__,
               f"{a.budget_base} + budget {a.budget} ({len(selected)} layer(s) float)", calib_s=calib_s + sweep_s,
               notes=[f"float layers: {', '.join(selected) or 'none'}",

@@ -46,6 +46,37 @@ def test_bootstrap_value_matches_pycocotools_and_perfect_detections_have_no_nois
     assert exact.value == pytest.approx(1.0) and exact.std == pytest.approx(0.0, abs=1e-12)
 
 
+def _rebuilt_draw(gt: dict, dets: Detections, ids: list, pick) -> float:
+    """One bootstrap draw the slow, independent way: duplicate the drawn images' GT and detections under new ids
+    and score the result with pycocotools."""
+    anns, rows = [], []
+    for new_id, k in enumerate(pick):
+        anns += [{**a, "id": len(anns) + 1 + j, "image_id": new_id}
+                 for j, a in enumerate(a for a in gt["annotations"] if a["image_id"] == ids[k])]
+        rows += [(new_id, i) for i in np.nonzero(dets.image_id == ids[k])[0]]
+    idx = np.array([i for _, i in rows], dtype=np.int64)
+    sample = Detections(np.array([n for n, _ in rows]), dets.category_id[idx], dets.bbox[idx], dets.score[idx])
+    sample_gt = {"images": [{"id": i} for i in range(len(pick))], "annotations": anns,
+                 "categories": gt["categories"]}
+    return PycocotoolsScorer(sample_gt, list(range(len(pick)))).score(sample).map50_95
+
+
+def test_bootstrap_draws_equal_rescoring_each_draw_from_scratch():
+    # the bootstrap matches once and re-ranks per draw; every draw must equal duplicating the drawn images and
+    # scoring them afresh. Ties in score across images (0.5 everywhere) exercise COCO's image-order tie break
+    gt, dets, ids = _synthetic(25, seed=2)
+    tied = Detections(dets.image_id, dets.category_id, dets.bbox, np.where(dets.score > 0.6, 0.5, dets.score))
+    ids = ids[::-1]                                        # positions of image_ids are not the sorted ids
+    for candidate in (dets, tied):
+        boot = bootstrap_map(gt, candidate, ids, resamples=12, seed=7)
+        rng = np.random.default_rng(7)
+        draws = [_rebuilt_draw(gt, candidate, ids, rng.integers(0, len(ids), len(ids))) for _ in range(12)]
+        assert boot.std == pytest.approx(float(np.std(draws, ddof=1)), abs=1e-9)
+        assert boot.low == pytest.approx(float(np.percentile(draws, 2.5)), abs=1e-9)
+        assert boot.high == pytest.approx(float(np.percentile(draws, 97.5)), abs=1e-9)
+        assert boot.std > 0
+
+
 def test_bootstrap_noise_shrinks_like_one_over_sqrt_n():
     """Four copies of the same images: the same mAP, half the bootstrap spread (1/sqrt(4))."""
     gt, dets, ids = _synthetic(40, seed=1)

@@ -15,6 +15,7 @@ groups and IoU thresholds are processed together as arrays.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,6 +24,32 @@ from .scoring import (AREA_ALL, IOU_THRESHOLDS, MAX_DETS, RECALL_THRESHOLDS, Det
                       per_class_from_precision, summary_from_precision)
 
 _CHUNK_ELEMENTS = 4_000_000     # bound on groups × dets × gts per matching chunk (memory)
+
+
+@dataclass
+class Matches:
+    """A detection set matched once against the GT: what COCO's AP needs, so that any multiset of the images (a
+    bootstrap draw) can be scored again without matching again. Detections are those kept (top `max_dets` per image
+    and category); `image` indexes the scorer's sorted image ids."""
+
+    image: np.ndarray      # (n,) image index
+    category: np.ndarray   # (n,) category index
+    score: np.ndarray      # (n,)
+    rank: np.ndarray       # (n,) rank inside its (image, category) group
+    tp: np.ndarray         # (n, T) bool: matched to a non-ignored GT
+    fp: np.ndarray         # (n, T) bool: unmatched and not ignored
+    npig: np.ndarray       # (images, categories): non-ignored GT boxes
+
+    def take_images(self, picks: np.ndarray) -> "Matches":
+        """The matches of the images `picks` (indices, repeats allowed), each copy a distinct image numbered by its
+        position in `picks`, as if GT and detections had been duplicated and matched again."""
+        order = np.argsort(self.image, kind="stable")
+        bounds = np.searchsorted(self.image[order], np.arange(len(self.npig) + 1))
+        parts = [order[bounds[k]:bounds[k + 1]] for k in picks]
+        idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        image = np.repeat(np.arange(len(picks)), [len(p) for p in parts])
+        return Matches(image, self.category[idx], self.score[idx], self.rank[idx], self.tp[idx], self.fp[idx],
+                       self.npig[picks])
 
 
 def box_iou_xywh(dt: np.ndarray, gt: np.ndarray, gt_crowd: np.ndarray) -> np.ndarray:
@@ -70,7 +97,8 @@ class FastCocoScorer:
         order = np.lexsort((np.arange(len(idx)), ignore, group))
         self.g_group, self.g_box = group[order], box[order]
         self.g_crowd, self.g_ignore = crowd[order], ignore[order]
-        self.npig = np.bincount(self.g_group[~self.g_ignore] % self.n_cat, minlength=self.n_cat)
+        self.npig = np.bincount(self.g_group[~self.g_ignore], minlength=len(self.image_ids) * self.n_cat
+                                ).reshape(len(self.image_ids), self.n_cat)   # per image and category
 
     def _group(self, img: np.ndarray, cat: np.ndarray) -> np.ndarray:
         """(image, category) → group id image_rank * K + category_rank (both sorted as COCOeval sorts them)."""
@@ -130,10 +158,8 @@ class FastCocoScorer:
             ignored[det[:, None].repeat(n_t, 1)[hit], cols[hit]] = gign[rows[hit], g[hit]]
 
     # -------------------------------------------------------------------------------------------------- scoring
-    def precision(self, dets: Detections) -> np.ndarray:
-        """COCOeval's precision array for area 'all' and maxDets 100: (T, R, K), -1 where undefined."""
-        n_t, n_r = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
-        precision = -np.ones((n_t, n_r, self.n_cat))
+    def match(self, dets: Detections) -> Matches:
+        """Match `dets` against the GT (the expensive half of `precision`)."""
         keep = np.isin(dets.image_id, self.image_ids) & np.isin(dets.category_id, self.cat_ids)
         d_group = self._group(dets.image_id[keep], dets.category_id[keep])
         d_score, d_box = dets.score[keep], dets.bbox[keep]
@@ -149,21 +175,26 @@ class FastCocoScorer:
         d_area = d_box[:, 2] * d_box[:, 3]
         out_of_range = (d_area < AREA_ALL[0]) | (d_area > AREA_ALL[1])
         ignored |= ~matched & out_of_range[:, None]
+        return Matches(d_group // self.n_cat, d_group % self.n_cat, d_score, rank, matched & ~ignored,
+                       ~matched & ~ignored, self.npig)
 
+    def precision_of(self, m: Matches) -> np.ndarray:
+        """COCOeval's precision array (T, R, K) of matched detections, -1 where undefined."""
+        n_t, n_r = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
+        precision = -np.ones((n_t, n_r, self.n_cat))
+        npig = m.npig.sum(axis=0)
         # per category: all images' detections ranked by score (ties: image order, then rank in the image)
-        d_cat, d_img = d_group % self.n_cat, d_group // self.n_cat
-        order = np.lexsort((rank, d_img, -d_score, d_cat))
-        d_cat, matched, ignored = d_cat[order], matched[order], ignored[order]
-        tps = (matched & ~ignored).T
-        fps = (~matched & ~ignored).T
+        order = np.lexsort((m.rank, m.image, -m.score, m.category))
+        d_cat = m.category[order]
+        tps, fps = m.tp[order].T, m.fp[order].T
         bounds = np.searchsorted(d_cat, np.arange(self.n_cat + 1))
-        for k in np.nonzero(self.npig)[0]:
+        for k in np.nonzero(npig)[0]:
             lo, hi = bounds[k], bounds[k + 1]
             q = np.zeros((n_t, n_r))
             if hi > lo:
                 tp = np.cumsum(tps[:, lo:hi], axis=1).astype(float)
                 fp = np.cumsum(fps[:, lo:hi], axis=1).astype(float)
-                rc = tp / self.npig[k]
+                rc = tp / npig[k]
                 pr = tp / (fp + tp + np.spacing(1))
                 pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]       # monotone from the right
                 for t in range(n_t):
@@ -172,6 +203,10 @@ class FastCocoScorer:
                     q[t, ok] = pr[t, inds[ok]]
             precision[:, :, k] = q
         return precision
+
+    def precision(self, dets: Detections) -> np.ndarray:
+        """COCOeval's precision array for area 'all' and maxDets 100: (T, R, K), -1 where undefined."""
+        return self.precision_of(self.match(dets))
 
     def score(self, dets: Detections, per_class: bool = False) -> ScoreResult:
         """mAP50-95 and mAP50 (COCOeval stats[0], stats[1]) and optionally per-category APs."""
