@@ -50,6 +50,7 @@ def add_int8_args(p: argparse.ArgumentParser) -> None:
                    "too (others, such as the PPE checkpoint, by fidelity alone)")
     p.add_argument("--rules", default="tensorrt")
     p.add_argument("--grid", choices=["symmetric", "shifted"], default="shifted")
+    p.add_argument("--calib-method", choices=["mse", "max"], default="mse", help="activation calibration")
 
 
 def fidelity_scorer(reference, eval_set, layout: str, labelled: bool):
@@ -76,13 +77,13 @@ class Int8Setup:
     reference: Any         # FidelityReference: the float model's detections on eval_set
     sample: Any            # one val image batch (placement tracing, ONNX export)
     calib: Any             # the calibration images (the first --num-calib of the yaml's train split), batches of 16
-    model: Any             # the INT8 copy, calibrated (mse)
+    model: Any             # the INT8 copy, calibrated (--calib-method, --grid)
     score: Callable[[Any], dict]   # fidelity_scorer for these images and --labelled
 
 
 def int8_setup(args: argparse.Namespace) -> Int8Setup:
     """Load `--model`, score its float detections on the val images, and quantize, place (`--rules`) and calibrate
-    (mse, `--grid`) a copy: the reference protocol's starting point for the issue-21 benchmarks."""
+    (`--calib-method`, `--grid`) a copy: the reference protocol's starting point for the issue-21 benchmarks."""
     from qdqtorch import QuantConfig, calibrate, quantize_model
     from qdqtorch.data import Preprocess, calibration_loader
     from qdqtorch.eval import EvalSet
@@ -99,7 +100,7 @@ def int8_setup(args: argparse.Namespace) -> Int8Setup:
     model = copy.deepcopy(loaded.model)
     quantize_model(model, QuantConfig(ignore=list(loaded.default_ignore)))
     apply_placement(model, placement_from_name(args.rules), sample)
-    calibrate(model, calib, method="mse", grid=args.grid, progress=False)
+    calibrate(model, calib, method=args.calib_method, grid=args.grid, progress=False)
     labelled = Path(args.model).name in args.labelled
     return Int8Setup(loaded, pp, eval_set, reference, sample, calib, model,
                      fidelity_scorer(reference, eval_set, loaded.layout, labelled))

@@ -153,7 +153,8 @@ def plot(runs: dict, title: str) -> Optional[bytes]:
 
 def variant(args: argparse.Namespace) -> str:
     """The settings that differ from fine_tune's defaults, for the plot title (empty when none do)."""
-    changed = [f"lr {args.lr:g}" if args.lr != 1e-5 else "",
+    changed = [f"{args.calib_method} calibration" if args.calib_method != "mse" else "",
+               f"lr {args.lr:g}" if args.lr != 1e-5 else "",
                f"block weight {args.block_weight:g}" if args.block_weight != 1.0 else "",
                f"pull {args.pull_to_grid:g}" if args.pull_to_grid > 0 else "",
                "learned amax" if args.learn_amax else ""]
