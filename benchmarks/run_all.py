@@ -123,6 +123,8 @@ COMMANDS = [
                                    "tensorrt-int8-residual --learn-amax --seeds 0 1 --out runs/traj_res_learn_amax"),
     ("traj_ppe", "§8i", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --model "
                         "../shared/models/ppe_yolov5n.pt --rules tensorrt --seeds 0 1 --out runs/traj_ppe_tensorrt"),
+    ("traj_trt_max", "§8i", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt "
+                            "--calib-method max --seeds 0 1 --out runs/traj_tensorrt_max"),
     ("traj_calib_trt", "§8j", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules tensorrt --seeds 0 "
                               "--epochs 12 --calib-fidelity --out runs/traj_calib_tensorrt"),
     ("traj_calib_res", "§8j", "OMP_NUM_THREADS=1 python benchmarks/distill_trajectory.py --rules "
