@@ -16,7 +16,8 @@ groups and IoU thresholds are processed together as arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from functools import cached_property
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,12 +41,17 @@ class Matches:
     fp: np.ndarray         # (n, T) bool: unmatched and not ignored
     npig: np.ndarray       # (images, categories): non-ignored GT boxes
 
+    @cached_property
+    def _by_image(self) -> List[np.ndarray]:
+        """Each image's detection indices (in their order here), built once for all the draws."""
+        order = np.argsort(self.image, kind="stable")
+        bounds = np.searchsorted(self.image[order], np.arange(len(self.npig) + 1))
+        return [order[bounds[k]:bounds[k + 1]] for k in range(len(self.npig))]
+
     def take_images(self, picks: np.ndarray) -> "Matches":
         """The matches of the images `picks` (indices, repeats allowed), each copy a distinct image numbered by its
         position in `picks`, as if GT and detections had been duplicated and matched again."""
-        order = np.argsort(self.image, kind="stable")
-        bounds = np.searchsorted(self.image[order], np.arange(len(self.npig) + 1))
-        parts = [order[bounds[k]:bounds[k + 1]] for k in picks]
+        parts = [self._by_image[k] for k in picks]
         idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         image = np.repeat(np.arange(len(picks)), [len(p) for p in parts])
         return Matches(image, self.category[idx], self.score[idx], self.rank[idx], self.tp[idx], self.fp[idx],
